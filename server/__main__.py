@@ -1,0 +1,103 @@
+"""``python -m server`` / ``etch serve``: run the log on uvicorn.
+
+With no arguments: data in ``./etch-data``, SQLite, the log's key created on first start,
+listening on 127.0.0.1:8080. Exit status 0 after a clean shutdown, 1 when the log refuses to
+start (its stored state does not verify, its key does not match), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from server.app import create_app
+from server.config import ConfigError, Settings, load_settings
+from server.keys import KeyFileError, load_or_create_log_key
+from server.log import LogService
+from server.sequencer import IntegrityFailure
+from server.storage import open_storage
+from server.storage.base import StorageError
+
+__all__ = ["build_service", "main", "serve"]
+
+log = logging.getLogger("etch.serve")
+
+
+def build_service(settings: Settings) -> LogService:
+    """Return the (unstarted) log service the settings describe, creating its key if new."""
+    key = load_or_create_log_key(settings.data_dir, settings.origin)
+    storage = open_storage(settings.database)
+    return LogService(
+        storage,
+        key.signer,
+        settings.origin,
+        batch_size=settings.batch_size,
+        batch_period=settings.batch_period_ms / 1000,
+    )
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
+    """Start the log, serve HTTP until stopped, and return the exit status."""
+    try:
+        service = build_service(settings)
+    except KeyFileError as exc:
+        print(f"etch serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        await service.start()
+    except IntegrityFailure as exc:
+        print(
+            f"etch serve: refusing to start, the stored log does not verify: {exc}", file=sys.stderr
+        )
+        return 1
+    except StorageError as exc:
+        print(f"etch serve: cannot open {settings.database_for_display()}: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(service, limits=settings.limits, manage_service=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"etch: log {settings.origin} at {base}\n"
+        f"      vkey {service.vkey}\n"
+        f"      data {settings.data_dir} ({settings.database_for_display()})\n"
+        f"      tree size {service.tree_size}; checkpoint {base}/checkpoint",
+        flush=True,
+    )
+    try:
+        await server.serve()
+    finally:
+        await service.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse settings from ``argv`` and the environment, then serve."""
+    try:
+        settings = load_settings(list(sys.argv[1:] if argv is None else argv), os.environ)
+    except ConfigError as exc:
+        print(f"etch serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

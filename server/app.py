@@ -1,0 +1,493 @@
+"""The log's HTTP surface: C2SP tlog-tiles reads, the JSON API, health, metrics and OpenAPI.
+
+A thin layer: each handler checks its input strictly, calls :class:`server.log.LogService`, and
+formats the answer. Every refusal is an RFC 9457 problem (:mod:`server.problems`); every body is
+read with a size limit before it is parsed.
+
+=========================================  =====================================================
+route                                      answer
+=========================================  =====================================================
+GET  /checkpoint                           the newest published signed checkpoint (text)
+GET  /tile/<L>/<N>[.p/<W>]                 tree hashes (C2SP tlog-tiles)
+GET  /tile/entries/<N>[.p/<W>]             entry bundle (gzip when asked)
+POST /v1/events                            one entry (JSON or CBOR map) -> receipt
+POST /v1/events/batch                      an array of entries -> results in request order
+GET  /v1/proof/inclusion                   ?index=I&tree_size=N or ?leaf_hash=<hex>&tree_size=N
+GET  /v1/proof/consistency                 ?first=M&second=N
+GET  /v1/entries/<index>                   one entry, its leaf hash and decoded content
+GET  /v1/receipt/<index>                   tlog-proof receipt against the published checkpoint
+GET  /healthz, /metrics, /openapi.json
+=========================================  =====================================================
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from merkle.checkpoint import MAX_TREE_SIZE, parse_decimal
+from merkle.errors import MalformedError
+from merkle.hashing import HASH_SIZE, leaf_hash
+from merkle.tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, format_entry_bundle, parse_tile_path
+from merkle.tree import Node
+from server.codec import (
+    CodecError,
+    Limits,
+    Value,
+    decode_cbor,
+    decode_cbor_batch,
+    decode_deterministic,
+    decode_json,
+    decode_json_batch,
+    encode_entry,
+    to_json_compatible,
+)
+from server.log import LogService
+from server.metrics import CONTENT_TYPE_LATEST
+from server.openapi import openapi_document
+from server.problems import (
+    Problem,
+    exception_handlers,
+    problem_from_codec_error,
+    problem_from_http_exception,
+)
+from server.sequencer import Sequenced, SequencerStopped, Submission
+from server.storage.base import StorageError
+
+__all__ = ["EventPreparer", "create_app", "read_body"]
+
+log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json"
+CBOR_TYPE = "application/cbor"
+CACHE_IMMUTABLE = "public, max-age=31536000, immutable"
+CACHE_SHORT = "public, max-age=2"
+CACHE_NONE = "no-store"
+
+EventPreparer = Callable[[Request, dict[str, Value]], Awaitable[Submission]]
+"""Turns one decoded event into a submission (the OAuth layer validates and signs here)."""
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return Response(content, status_code=status, media_type=JSON_TYPE, headers=headers)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the request body, refusing more than ``limit`` bytes without reading further.
+
+    Raises Problem(payload-too-large) when the declared or actual length exceeds the limit.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isascii() or not declared.isdigit():
+            raise Problem("bad-parameter", "Content-Length is not a decimal number")
+        if int(declared) > limit:
+            raise Problem("payload-too-large", f"the body may be at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem("payload-too-large", f"the body may be at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _media_type(request: Request) -> str:
+    raw = request.headers.get("content-type", "")
+    media = raw.split(";", 1)[0].strip().lower()
+    if media not in (JSON_TYPE, CBOR_TYPE):
+        raise Problem(
+            "unsupported-media-type",
+            f"send {JSON_TYPE} or {CBOR_TYPE}",
+            headers={"Accept-Post": f"{JSON_TYPE}, {CBOR_TYPE}"},
+        )
+    return media
+
+
+def _query_int(request: Request, name: str, *, required: bool = True) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        if required:
+            raise Problem("bad-parameter", f"query parameter {name!r} is required")
+        return None
+    try:
+        return parse_decimal(raw, what=name, maximum=MAX_TREE_SIZE)
+    except MalformedError:
+        raise Problem(
+            "bad-parameter", f"{name} must be a canonical decimal in [0, 2^63-1]"
+        ) from None
+
+
+def _path_int(request: Request, name: str) -> int:
+    raw = request.path_params[name]
+    try:
+        return parse_decimal(raw, what=name, maximum=MAX_TREE_SIZE)
+    except MalformedError:
+        raise Problem(
+            "bad-parameter", f"{name} must be a canonical decimal in [0, 2^63-1]"
+        ) from None
+
+
+def _unavailable(exc: Exception) -> Problem:
+    if isinstance(exc, SequencerStopped):
+        return Problem("unavailable", str(exc), retry_after=exc.retry_after or 5)
+    return Problem("unavailable", "storage is unavailable", retry_after=1)
+
+
+async def raw_map_preparer(request: Request, event: dict[str, Value]) -> Submission:
+    """Log a bounded map as its deterministic CBOR encoding (the engine's default)."""
+    service: LogService = request.app.state.log
+    limits: Limits = request.app.state.limits
+    data = encode_entry(event, limits)
+    return Submission(data, leaf_hash(data), log_time=service.sequencer.clock.now_ms())
+
+
+class _Handlers:
+    """Route handlers bound to one log service."""
+
+    def __init__(self, service: LogService, limits: Limits, prepare: EventPreparer) -> None:
+        self.service = service
+        self.limits = limits
+        self.prepare = prepare
+        self._bundles: OrderedDict[int, bytes] = OrderedDict()
+
+    # -- tlog-tiles ------------------------------------------------------------------------
+
+    async def checkpoint(self, request: Request) -> Response:
+        published = self.service.published
+        if published is None:
+            raise Problem("unavailable", "no checkpoint has been published yet")
+        return Response(
+            published.note,
+            media_type="text/plain; charset=utf-8",
+            headers={"Cache-Control": CACHE_SHORT},
+        )
+
+    async def tile(self, request: Request) -> Response:
+        try:
+            tile = parse_tile_path("tile/" + request.path_params["path"])
+        except MalformedError as exc:
+            raise Problem("not-found", f"not a tile path: {exc}") from None
+        size = self.service.tree_size
+        if tile.level == ENTRIES_LEVEL:
+            return await self._entry_bundle(request, tile, size)
+        available = size // (TILE_WIDTH**tile.level) - tile.index * TILE_WIDTH
+        if available < tile.width:
+            raise Problem("not-found", "the tile is beyond the tree")
+        tiles = await self.service.reader.expanded_tiles([(tile.level, tile.index)])
+        rows = tiles.get((tile.level, tile.index))
+        if rows is None or len(rows[0]) < tile.width:
+            raise Problem("unavailable", "the tile is not readable yet", retry_after=1)
+        data = b"".join(rows[0][: tile.width])
+        cache = CACHE_IMMUTABLE if tile.width == TILE_WIDTH else CACHE_SHORT
+        return Response(
+            data, media_type="application/octet-stream", headers={"Cache-Control": cache}
+        )
+
+    async def _entry_bundle(self, request: Request, tile: Tile, size: int) -> Response:
+        start = tile.index * TILE_WIDTH
+        if size - start < tile.width:
+            raise Problem("not-found", "the entry bundle is beyond the tree")
+        full = tile.width == TILE_WIDTH
+        data = self._bundles.get(tile.index) if full else None
+        if data is None:
+            entries = await self.service.storage.read_entries(start, start + tile.width)
+            if len(entries) != tile.width:
+                raise Problem("unavailable", "entries are not readable yet", retry_after=1)
+            data = format_entry_bundle(entries)
+            if full:
+                self._bundles[tile.index] = data
+                if len(self._bundles) > 64:
+                    self._bundles.popitem(last=False)
+        headers = {
+            "Cache-Control": CACHE_IMMUTABLE if full else CACHE_SHORT,
+            "Vary": "Accept-Encoding",
+        }
+        if "gzip" in request.headers.get("accept-encoding", "").lower():
+            data = gzip.compress(data, compresslevel=5, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        return Response(data, media_type="application/octet-stream", headers=headers)
+
+    # -- submissions ---------------------------------------------------------------------------
+
+    def _result(self, result: Sequenced) -> dict[str, Any]:
+        return {
+            "index": result.index,
+            "leaf_hash": _b64(result.leaf_hash),
+            "duplicate": result.duplicate,
+            "tree_size": result.tree_size,
+            "checkpoint": result.checkpoint.decode("utf-8"),
+            "inclusion_proof": [_b64(h) for h in result.proof],
+            "receipt": self.service.receipt_text(result).decode("utf-8"),
+        }
+
+    async def submit(self, request: Request) -> Response:
+        media = _media_type(request)
+        body = await read_body(request, self.limits.max_body_bytes)
+        try:
+            event = (
+                decode_json(body, self.limits)
+                if media == JSON_TYPE
+                else decode_cbor(body, self.limits)
+            )
+            submission = await self.prepare(request, event)
+        except CodecError as exc:
+            self.service.metrics.submissions.labels("refused").inc()
+            raise problem_from_codec_error(exc) from None
+        except Problem:
+            self.service.metrics.submissions.labels("refused").inc()
+            raise
+        try:
+            (result,) = await self.service.submit([submission])
+        except (SequencerStopped, StorageError) as exc:
+            raise _unavailable(exc) from None
+        return _json(self._result(result), 200 if result.duplicate else 201)
+
+    async def submit_batch(self, request: Request) -> Response:
+        media = _media_type(request)
+        body = await read_body(request, self.limits.max_batch_bytes)
+        decoded = (
+            decode_json_batch(body, self.limits)
+            if media == JSON_TYPE
+            else decode_cbor_batch(body, self.limits)
+        )
+        slots: list[dict[str, Any] | int] = []
+        submissions: list[Submission] = []
+        for item in decoded:
+            try:
+                if isinstance(item, CodecError):
+                    raise problem_from_codec_error(item)
+                submissions.append(await self.prepare(request, item))
+                slots.append(len(submissions) - 1)
+            except CodecError as exc:
+                slots.append(problem_from_codec_error(exc).to_dict())
+            except Problem as problem:
+                slots.append(problem.to_dict())
+        refused = sum(1 for s in slots if not isinstance(s, int))
+        if refused:
+            self.service.metrics.submissions.labels("refused").inc(refused)
+        try:
+            results = await self.service.submit(submissions) if submissions else []
+        except (SequencerStopped, StorageError) as exc:
+            raise _unavailable(exc) from None
+        out = [s if not isinstance(s, int) else self._result(results[s]) for s in slots]
+        return _json({"results": out})
+
+    # -- proofs and entries --------------------------------------------------------------------
+
+    def _tree_size_param(self, request: Request) -> int:
+        size = _query_int(request, "tree_size", required=False)
+        current = self.service.tree_size
+        if size is None:
+            published = self.service.published
+            return published.checkpoint.tree_size if published else current
+        if size > current:
+            raise Problem(
+                "tree-size-unknown", f"tree size {size} is larger than the log ({current})"
+            )
+        return size
+
+    async def _leaf_hash_at(self, index: int) -> bytes:
+        (value,) = await self.service.reader.node_hashes([Node(0, index)])
+        return value
+
+    async def inclusion(self, request: Request) -> Response:
+        tree_size = self._tree_size_param(request)
+        raw_hash = request.query_params.get("leaf_hash")
+        index = _query_int(request, "index", required=raw_hash is None)
+        if raw_hash is not None:
+            if index is not None:
+                raise Problem("bad-parameter", "give index or leaf_hash, not both")
+            wanted = _parse_hex_hash(raw_hash)
+            found = await self.service.storage.find_leaf_hashes([wanted])
+            if wanted not in found:
+                raise Problem("not-found", "no entry has this leaf hash")
+            index = found[wanted]
+        assert index is not None
+        if index >= tree_size:
+            raise Problem("index-out-of-range", f"index {index} is not below tree size {tree_size}")
+        try:
+            proof = await self.service.reader.inclusion_proof(index, tree_size)
+            value = await self._leaf_hash_at(index)
+        except LookupError:
+            raise Problem("unavailable", "tiles are not readable yet", retry_after=1) from None
+        return _json(
+            {
+                "index": index,
+                "tree_size": tree_size,
+                "leaf_hash": _b64(value),
+                "proof": [_b64(h) for h in proof],
+            }
+        )
+
+    async def consistency(self, request: Request) -> Response:
+        first = _query_int(request, "first")
+        second = _query_int(request, "second")
+        assert first is not None
+        assert second is not None
+        if first > second:
+            raise Problem("consistency-range", f"first ({first}) is larger than second ({second})")
+        current = self.service.tree_size
+        if second > current:
+            raise Problem(
+                "tree-size-unknown", f"tree size {second} is larger than the log ({current})"
+            )
+        try:
+            proof = await self.service.reader.consistency_proof(first, second)
+        except LookupError:
+            raise Problem("unavailable", "tiles are not readable yet", retry_after=1) from None
+        return _json({"first": first, "second": second, "proof": [_b64(h) for h in proof]})
+
+    async def entry(self, request: Request) -> Response:
+        index = _path_int(request, "index")
+        if index >= self.service.tree_size:
+            raise Problem("not-found", f"no entry at index {index}")
+        meta = await self.service.storage.read_entry_meta(index)
+        if meta is None:
+            raise Problem("not-found", f"no entry at index {index}")
+        data, log_time = meta
+        value = await self._leaf_hash_at(index)
+        body: dict[str, Any] = {
+            "index": index,
+            "leaf_hash": _b64(value),
+            "log_time": log_time,
+            "entry": _b64(data),
+        }
+        try:
+            body["event"] = to_json_compatible(decode_deterministic(data))
+        except CodecError:
+            body["event"] = None
+        return _json(body)
+
+    async def receipt(self, request: Request) -> Response:
+        index = _path_int(request, "index")
+        try:
+            text = await self.service.receipt_for(index)
+        except LookupError:
+            if index < self.service.tree_size:
+                raise Problem(
+                    "unavailable",
+                    "the entry is not yet covered by a published checkpoint",
+                    retry_after=1,
+                ) from None
+            raise Problem("not-found", f"no entry at index {index}") from None
+        return Response(
+            text,
+            media_type="text/plain; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{index}.tlog-proof"'},
+        )
+
+    # -- operations ------------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        ok, reason = self.service.healthy
+        published = self.service.published
+        body = {
+            "status": "ok" if ok else "failing",
+            "reason": reason,
+            "origin": self.service.origin,
+            "tree_size": self.service.tree_size,
+            "published_size": published.checkpoint.tree_size if published else None,
+        }
+        return _json(body, 200 if ok else 503, headers={"Cache-Control": CACHE_NONE})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(self, request: Request) -> Response:
+        return _json(openapi_document(self.service.origin))
+
+
+def _parse_hex_hash(raw: str) -> bytes:
+    if len(raw) != 2 * HASH_SIZE or not all(c in "0123456789abcdef" for c in raw):
+        raise Problem("bad-parameter", "leaf_hash must be 64 lowercase hex digits")
+    return bytes.fromhex(raw)
+
+
+def _counting(handlers: dict[Any, Any], service: LogService) -> dict[Any, Any]:
+    """Wrap the problem handlers so every problem answer is counted by its type."""
+
+    def wrap(handler: Callable[[Request, Exception], Awaitable[Response]]) -> Any:
+        async def counted(request: Request, error: Exception) -> Response:
+            response = await handler(request, error)
+            slug = "internal"
+            if isinstance(error, Problem):
+                slug = error.slug
+            elif isinstance(error, CodecError):
+                slug = problem_from_codec_error(error).slug
+            elif isinstance(error, HTTPException):
+                slug = problem_from_http_exception(error).slug
+            service.metrics.errors.labels(slug).inc()
+            return response
+
+        return counted
+
+    return {key: wrap(handler) for key, handler in handlers.items()}
+
+
+def create_app(
+    service: LogService,
+    *,
+    limits: Limits | None = None,
+    prepare: EventPreparer | None = None,
+    extra_routes: list[Route] | None = None,
+    manage_service: bool = True,
+) -> Starlette:
+    """Return the Starlette application serving ``service``.
+
+    With ``manage_service`` the app's lifespan starts and stops the service. ``prepare`` turns a
+    decoded event into a submission (default: the map's deterministic CBOR encoding).
+    """
+    limits = limits or Limits()
+    handlers = _Handlers(service, limits, prepare or raw_map_preparer)
+    routes = [
+        Route("/checkpoint", handlers.checkpoint, methods=["GET"]),
+        Route("/tile/{path:path}", handlers.tile, methods=["GET"]),
+        Route("/v1/events", handlers.submit, methods=["POST"]),
+        Route("/v1/events/batch", handlers.submit_batch, methods=["POST"]),
+        Route("/v1/proof/inclusion", handlers.inclusion, methods=["GET"]),
+        Route("/v1/proof/consistency", handlers.consistency, methods=["GET"]),
+        Route("/v1/entries/{index}", handlers.entry, methods=["GET"]),
+        Route("/v1/receipt/{index}", handlers.receipt, methods=["GET"]),
+        Route("/healthz", handlers.healthz, methods=["GET"]),
+        Route("/metrics", handlers.metrics, methods=["GET"]),
+        Route("/openapi.json", handlers.openapi, methods=["GET"]),
+        *(extra_routes or []),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if manage_service:
+            await service.start()
+        try:
+            yield
+        finally:
+            if manage_service:
+                await service.stop()
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers=_counting(exception_handlers(), service),
+        lifespan=lifespan,
+    )
+    app.state.log = service
+    app.state.limits = limits
+    return app

@@ -1,0 +1,194 @@
+"""One running log: its storage, key, sequencer, tree reader, publication state and metrics.
+
+The HTTP layer (:mod:`server.app`) is a thin translation of requests into calls on
+:class:`LogService`; everything a request may do to the log goes through here.
+
+Publication: without a witness policy every committed checkpoint is published at once. With a
+policy, the witness collector (:mod:`server.witnessing`) publishes a checkpoint once its quorum of
+cosignatures is met; until then the last published one keeps serving ``GET /checkpoint`` and
+receipts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from merkle.checkpoint import Checkpoint, open_checkpoint
+from merkle.note import Ed25519Signer, parse_note
+from merkle.receipt import Receipt, format_receipt
+from server.metrics import LogMetrics
+from server.sequencer import MonotonicClock, Sequenced, Sequencer, Submission
+from server.storage.base import Storage
+from server.treeview import TreeReader
+
+__all__ = ["LogService", "Published"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The newest published checkpoint: the signed note and its parsed body."""
+
+    note: bytes
+    checkpoint: Checkpoint
+
+
+class LogService:
+    """A log: sequencing, reading and publishing, over one storage backend."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        signer: Ed25519Signer,
+        origin: str,
+        *,
+        batch_size: int = 1000,
+        batch_period: float = 0.025,
+        clock: MonotonicClock | None = None,
+        full_check: bool = True,
+        witnessed: bool = False,
+    ) -> None:
+        self.storage = storage
+        self.signer = signer
+        self.origin = origin
+        self.vkey = signer.vkey
+        self.metrics = LogMetrics()
+        self.sequencer = Sequencer(
+            storage,
+            signer,
+            origin,
+            batch_size=batch_size,
+            batch_period=batch_period,
+            clock=clock,
+            full_check=full_check,
+        )
+        self.reader: TreeReader = self.sequencer.reader
+        self.witnessed = witnessed
+        self._published: Published | None = None
+        self._verifier = signer.verifier()
+        self._publish_listeners: list[Callable[[Published], None]] = []
+        self._changed = asyncio.Event()
+        self.sequencer.subscribe(self._on_commit)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open storage, verify the stored log, and start sequencing.
+
+        Raises IntegrityFailure (refuse to run) when the stored log does not reproduce its
+        checkpoint, and StorageError when the database cannot be opened.
+        """
+        await self.storage.open()
+        await self.sequencer.start()
+        note = self.sequencer.checkpoint
+        assert note is not None
+        self.metrics.tree_size.set(self.sequencer.tree_size)
+        published: bytes | None = note
+        if self.witnessed:
+            published = await self.storage.latest_cosigned_checkpoint()
+        if published is not None:
+            self._set_published(published)
+
+    async def stop(self) -> None:
+        """Stop sequencing and close storage."""
+        await self.sequencer.stop()
+        await self.storage.close()
+
+    # -- publication -------------------------------------------------------------------------
+
+    def _on_commit(self, note: bytes) -> None:
+        self.metrics.tree_size.set(self.sequencer.tree_size)
+        if not self.witnessed:
+            self._set_published(note)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _set_published(self, note: bytes) -> None:
+        checkpoint, _, _ = open_checkpoint(note, self._verifier)
+        current = self._published
+        if current is not None and checkpoint.tree_size < current.checkpoint.tree_size:
+            return
+        self._published = Published(note, checkpoint)
+        self.metrics.published_size.set(checkpoint.tree_size)
+        for listener in self._publish_listeners:
+            listener(self._published)
+
+    def publish(self, note: bytes) -> None:
+        """Publish a (cosigned) checkpoint note; an older one than the current is ignored."""
+        self._set_published(note)
+
+    def on_publish(self, listener: Callable[[Published], None]) -> None:
+        """Call ``listener`` with every newly published checkpoint."""
+        self._publish_listeners.append(listener)
+
+    async def wait_for_commit(self) -> None:
+        """Wait until the next commit (bound it with ``asyncio.timeout``)."""
+        await self._changed.wait()
+
+    @property
+    def published(self) -> Published | None:
+        """The newest published checkpoint, or ``None`` before one exists."""
+        return self._published
+
+    @property
+    def latest(self) -> tuple[bytes, int] | None:
+        """The newest committed signed checkpoint note and its size (may be unpublished)."""
+        note = self.sequencer.checkpoint
+        if note is None:
+            return None
+        return note, self.sequencer.tree_size
+
+    @property
+    def healthy(self) -> tuple[bool, str]:
+        """Whether the log can sign and serve, and why not when it cannot."""
+        if self.sequencer.failure is not None:
+            return False, self.sequencer.failure
+        if self.sequencer.checkpoint is None:
+            return False, "no verified checkpoint yet"
+        return True, "ok"
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def submit(self, submissions: Sequence[Submission]) -> list[Sequenced]:
+        """Append entries and wait for their commit; see :meth:`Sequencer.submit`."""
+        start = time.perf_counter()
+        results = await self.sequencer.submit(submissions)
+        elapsed = time.perf_counter() - start
+        new = sum(1 for r in results if not r.duplicate)
+        if new:
+            self.metrics.submissions.labels("new").inc(new)
+        if len(results) - new:
+            self.metrics.submissions.labels("duplicate").inc(len(results) - new)
+        self.metrics.sequencing_latency.observe(elapsed)
+        return results
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def tree_size(self) -> int:
+        """The size of the newest committed tree: tiles and entries exist up to it."""
+        return self.sequencer.tree_size
+
+    async def receipt_for(self, index: int) -> bytes:
+        """Return a C2SP tlog-proof receipt for ``index`` against the newest published checkpoint.
+
+        Requires ``index`` below the published size. Raises LookupError otherwise.
+        """
+        published = self._published
+        if published is None or index >= published.checkpoint.tree_size:
+            raise LookupError("the entry is not yet covered by a published checkpoint")
+        proof = await self.reader.inclusion_proof(index, published.checkpoint.tree_size)
+        return format_receipt(Receipt(index, tuple(proof), published.note))
+
+    def receipt_text(self, result: Sequenced) -> bytes:
+        """Return the tlog-proof receipt of a submission result against its own checkpoint."""
+        return format_receipt(Receipt(result.index, result.proof, result.checkpoint))
+
+    def checkpoint_text(self, note: bytes) -> str:
+        """Return the checkpoint body (no signatures) of a signed note."""
+        return parse_note(note).text

@@ -1,0 +1,531 @@
+"""The sequencer: the one writer of a log.
+
+Submissions wait in a queue; a round takes up to ``batch_size`` of them and, in this order:
+
+1. drops duplicates (an idempotency key or leaf hash already in the log or earlier in the batch
+   answers with the original index and is never stored twice);
+2. assigns consecutive indexes after the current tree size;
+3. extends the compact range and the right-edge tiles with the new leaf hashes (pure, on copies);
+4. signs the checkpoint of the new tree;
+5. commits entries, tiles and the checkpoint in ONE storage transaction, compare-and-swapped on
+   the checkpoint the round started from (ARCHITECTURE.md invariant 1);
+6. only then adopts the new state, answers the submitters with inclusion proofs computed from the
+   tiles it just wrote (invariant 2), and tells subscribers (the witness pusher) about the
+   checkpoint.
+
+Rounds start as soon as the previous one ended and work is pending, but no sooner than
+``batch_period`` after the previous round started, unless a full batch is waiting: under light
+load an entry waits at most one period; under heavy load batches grow to ``batch_size``.
+
+Before it signs anything after start-up, and again after any failed commit, the sequencer reloads
+its state from storage and proves that the stored tiles reproduce the stored checkpoint's root
+(invariant 3). If they do not, it refuses to sign and says why (:class:`IntegrityFailure`).
+A lost compare-and-swap means another writer touched the log: the sequencer stops for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from merkle.checkpoint import Checkpoint, format_checkpoint, open_checkpoint
+from merkle.compact import CompactRange
+from merkle.errors import MerkleError
+from merkle.hashing import EMPTY_ROOT
+from merkle.note import Ed25519Signer, sign_note
+from merkle.tiles import TILE_WIDTH, extend_tiles, tiles_for_size
+from merkle.tree import Node, build_inclusion_proof, inclusion_nodes, root_from_hashes, root_nodes
+from server.storage.base import (
+    Batch,
+    CheckpointConflict,
+    LogState,
+    NewEntry,
+    Storage,
+    StorageError,
+)
+from server.treeview import EdgeTiles, ExpandedTile, TreeReader, expand_tile, hashes_for_nodes
+
+__all__ = [
+    "IntegrityFailure",
+    "MonotonicClock",
+    "Sequenced",
+    "Sequencer",
+    "SequencerStopped",
+    "Submission",
+    "verify_tiles",
+]
+
+log = logging.getLogger(__name__)
+
+TileKey = tuple[int, int]
+
+
+class IntegrityFailure(Exception):  # noqa: N818 (it names a state, not a programming error)
+    """The stored log does not reproduce its own checkpoint; the log must not sign anything."""
+
+
+class SequencerStopped(Exception):  # noqa: N818 (it names a state, not a programming error)
+    """The sequencer cannot take submissions now (stopped, failed, or storage unavailable).
+
+    ``retry_after`` is set (seconds) when the condition is expected to pass.
+    """
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One entry to append: its exact leaf bytes and what to index it by."""
+
+    data: bytes
+    leaf_hash: bytes
+    idempotency_key: str | None = None
+    lookup_keys: tuple[tuple[str, str], ...] = ()
+    log_time: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sequenced:
+    """Where a submission landed: its index and an inclusion proof against ``checkpoint``."""
+
+    index: int
+    leaf_hash: bytes
+    duplicate: bool
+    tree_size: int
+    checkpoint: bytes
+    proof: tuple[bytes, ...]
+
+
+class MonotonicClock:
+    """Wall-clock milliseconds that never go backwards, even when the system clock does."""
+
+    def __init__(self, source: Callable[[], float] = time.time) -> None:
+        self._source = source
+        self._last = 0
+
+    def now_ms(self) -> int:
+        """Return max(the source clock in milliseconds, the last value returned)."""
+        now = int(self._source() * 1000)
+        if now > self._last:
+            self._last = now
+        return self._last
+
+    def advance_to(self, ms: int) -> None:
+        """Never return less than ``ms`` from now on (called with the newest stored log time)."""
+        self._last = max(self._last, ms)
+
+
+@dataclass(slots=True)
+class _Pending:
+    submission: Submission
+    future: asyncio.Future[Sequenced]
+
+
+@dataclass(slots=True)
+class _State:
+    checkpoint: bytes
+    compact: CompactRange
+    edge: dict[TileKey, bytes] = field(default_factory=dict)
+
+    @property
+    def tree_size(self) -> int:
+        return self.compact.size
+
+
+def _edge_keys(tree_size: int) -> list[TileKey]:
+    return [(t.level, t.index) for t in tiles_for_size(tree_size) if t.width < TILE_WIDTH]
+
+
+async def verify_tiles(storage: Storage, checkpoint: Checkpoint, *, full: bool) -> None:
+    """Check that the stored tiles reproduce ``checkpoint``'s root. Raises IntegrityFailure.
+
+    With ``full``, every stored tile of the tree is read and every level-(L+1) hash recomputed
+    from the level-L tile below it, so an altered hash anywhere in the tree is found; otherwise
+    only the tiles on the right edge that make up the root are used.
+    """
+    size = checkpoint.tree_size
+    reader = TreeReader(storage, cache_tiles=0)
+    try:
+        root = await reader.root(size)
+    except LookupError as exc:
+        raise IntegrityFailure(f"stored tiles do not cover tree size {size}: {exc}") from exc
+    if root != checkpoint.root_hash:
+        raise IntegrityFailure(
+            f"stored tiles give root {root.hex()} at size {size}, "
+            f"but the checkpoint says {checkpoint.root_hash.hex()}"
+        )
+    if not full:
+        return
+    tiles = tiles_for_size(size)
+    by_level: dict[int, list[TileKey]] = {}
+    for t in tiles:
+        by_level.setdefault(t.level, []).append((t.level, t.index))
+    for level in sorted(by_level):
+        for upper_key in by_level.get(level + 1, []):
+            stored_upper = await storage.read_tiles([upper_key])
+            upper_data = stored_upper.get(upper_key)
+            if upper_data is None:
+                raise IntegrityFailure(f"tile {upper_key} is missing")
+            width = len(upper_data) // 32
+            start = upper_key[1] * TILE_WIDTH
+            below_keys = [(level, start + j) for j in range(width)]
+            below = await storage.read_tiles(below_keys)
+            for j, key in enumerate(below_keys):
+                data = below.get(key)
+                if data is None or len(data) != TILE_WIDTH * 32:
+                    raise IntegrityFailure(f"tile {key} is missing or not full")
+                computed = expand_tile(data)[-1][0]
+                if computed != upper_data[j * 32 : (j + 1) * 32]:
+                    raise IntegrityFailure(
+                        f"tile {key} hashes to {computed.hex()}, but tile {upper_key} holds "
+                        f"{upper_data[j * 32 : (j + 1) * 32].hex()} for it"
+                    )
+
+
+class Sequencer:
+    """Appends submissions to one log in batches and signs its checkpoints."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        signer: Ed25519Signer,
+        origin: str,
+        *,
+        batch_size: int = 1000,
+        batch_period: float = 0.025,
+        clock: MonotonicClock | None = None,
+        full_check: bool = True,
+        max_pending: int = 100_000,
+    ) -> None:
+        if signer.name != origin:
+            raise ValueError(f"the log key is named {signer.name!r}, not the origin {origin!r}")
+        self._storage = storage
+        self._signer = signer
+        self._verifier = signer.verifier()
+        self._origin = origin
+        self._batch_size = batch_size
+        self._period = batch_period
+        self._clock = clock or MonotonicClock()
+        self._full_check = full_check
+        self._max_pending = max_pending
+        self._queue: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._state: _State | None = None
+        self._dirty = True
+        self._failure: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribers: list[Callable[[bytes], None]] = []
+        self.reader = TreeReader(storage, edge=self.edge_tiles)
+        self.rounds = 0
+
+    # -- public surface ----------------------------------------------------------------------
+
+    @property
+    def clock(self) -> MonotonicClock:
+        """The log's clock (monotonic milliseconds)."""
+        return self._clock
+
+    @property
+    def failure(self) -> str | None:
+        """Why the sequencer stopped for good, or ``None`` while it is healthy."""
+        return self._failure
+
+    @property
+    def checkpoint(self) -> bytes | None:
+        """The latest committed signed checkpoint, or ``None`` before start-up."""
+        return self._state.checkpoint if self._state else None
+
+    @property
+    def tree_size(self) -> int:
+        """The size of the latest committed tree (0 before start-up)."""
+        return self._state.tree_size if self._state else 0
+
+    def edge_tiles(self) -> EdgeTiles | None:
+        """The in-memory right-edge tiles at the committed size, for the tree reader."""
+        state = self._state
+        if state is None or self._dirty:
+            return None
+        return EdgeTiles(state.tree_size, state.edge)
+
+    def subscribe(self, callback: Callable[[bytes], None]) -> None:
+        """Call ``callback(checkpoint)`` after each commit of a new checkpoint."""
+        self._subscribers.append(callback)
+
+    async def start(self) -> None:
+        """Load and verify the stored log (creating the empty tree if new), then run rounds.
+
+        Raises IntegrityFailure when the stored log does not reproduce its checkpoint.
+        """
+        await self._load()
+        self._task = asyncio.create_task(self._run(), name=f"sequencer {self._origin}")
+
+    async def stop(self) -> None:
+        """Stop taking rounds; pending submitters are told to retry."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._fail_pending(SequencerStopped("the log is shutting down", retry_after=1))
+
+    async def submit(self, submissions: Sequence[Submission]) -> list[Sequenced]:
+        """Queue submissions and wait until they are committed; results in the same order.
+
+        Raises SequencerStopped when the log cannot take them (answer 503 and retry).
+        """
+        if self._failure is not None:
+            raise SequencerStopped(f"the log has stopped signing: {self._failure}")
+        if self._task is None:
+            raise SequencerStopped("the log is not running", retry_after=1)
+        if len(self._queue) + len(submissions) > self._max_pending:
+            raise SequencerStopped("the log is overloaded", retry_after=1)
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(s, loop.create_future()) for s in submissions]
+        self._queue.extend(pending)
+        self._wakeup.set()
+        return list(await asyncio.gather(*(p.future for p in pending)))
+
+    # -- loading and verification ------------------------------------------------------------
+
+    async def _load(self) -> None:
+        state = await self._storage.load_state()
+        if state is None:
+            await self._create_empty()
+            state = await self._storage.load_state()
+            if state is None:
+                raise IntegrityFailure("the empty tree was committed but cannot be read back")
+        self._state = await self._verify_state(state)
+        self._dirty = False
+
+    async def _create_empty(self) -> None:
+        compact = CompactRange()
+        note = self._sign(0, EMPTY_ROOT)
+        batch = Batch(
+            entries=(), tiles={}, checkpoint=note, tree_size=0, compact_range=compact.to_bytes()
+        )
+        await self._storage.commit(None, batch)
+        log.info("created the empty log %s", self._origin)
+
+    async def _verify_state(self, state: LogState) -> _State:
+        try:
+            checkpoint, _, _ = open_checkpoint(state.checkpoint, self._verifier)
+            compact = CompactRange.from_bytes(state.compact_range)
+        except MerkleError as exc:
+            raise IntegrityFailure(f"the stored checkpoint does not verify: {exc}") from exc
+        if checkpoint.origin != self._origin:
+            raise IntegrityFailure(
+                f"the stored checkpoint is for {checkpoint.origin!r}, not {self._origin!r}"
+            )
+        if checkpoint.tree_size != state.tree_size or compact.size != state.tree_size:
+            raise IntegrityFailure(
+                f"stored sizes disagree: checkpoint {checkpoint.tree_size}, "
+                f"state {state.tree_size}, compact range {compact.size}"
+            )
+        if compact.root() != checkpoint.root_hash:
+            raise IntegrityFailure("the stored compact range does not reproduce the checkpoint")
+        await verify_tiles(self._storage, checkpoint, full=self._full_check)
+        edge_keys = _edge_keys(state.tree_size)
+        edge = await self._storage.read_tiles(edge_keys) if edge_keys else {}
+        for key in edge_keys:
+            if key not in edge:
+                raise IntegrityFailure(f"edge tile {key} is missing")
+        return _State(state.checkpoint, compact, dict(edge))
+
+    def _sign(self, tree_size: int, root: bytes) -> bytes:
+        text = format_checkpoint(Checkpoint(self._origin, tree_size, root))
+        return sign_note(text, [self._signer])
+
+    # -- rounds --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        last_start = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            wait = last_start + self._period - loop.time()
+            if wait > 0 and len(self._queue) < self._batch_size:
+                await asyncio.sleep(wait)
+            batch, self._queue = self._queue[: self._batch_size], self._queue[self._batch_size :]
+            last_start = loop.time()
+            try:
+                if self._dirty:
+                    await self._load()
+                await self._round(batch)
+                backoff = 0.05
+            except CheckpointConflict as exc:
+                self._stop_for_good(f"another writer changed the checkpoint: {exc}", batch)
+                return
+            except IntegrityFailure as exc:
+                self._stop_for_good(str(exc), batch)
+                return
+            except (StorageError, OSError) as exc:
+                self._dirty = True
+                retry = SequencerStopped(
+                    f"storage unavailable: {type(exc).__name__}", retry_after=1
+                )
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(retry)
+                log.warning("round failed, will reload state and retry: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception as exc:
+                # An unexpected bug must not leave submitters hanging or sign on unknown state.
+                self._dirty = True
+                log.exception("unexpected error in a sequencing round")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(SequencerStopped("internal error", retry_after=1))
+                del exc
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _stop_for_good(self, reason: str, batch: list[_Pending]) -> None:
+        self._failure = reason
+        log.error("the sequencer stopped and will not sign anything: %s", reason)
+        error = SequencerStopped(f"the log has stopped signing: {reason}")
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(error)
+        self._fail_pending(error)
+
+    def _fail_pending(self, error: SequencerStopped) -> None:
+        queue, self._queue = self._queue, []
+        for p in queue:
+            if not p.future.done():
+                p.future.set_exception(error)
+
+    async def _round(self, batch: list[_Pending]) -> None:
+        state = self._state
+        assert state is not None
+        batch = [p for p in batch if not p.future.done()]
+        if not batch:
+            return
+        known_hashes = await self._storage.find_leaf_hashes(
+            list({p.submission.leaf_hash for p in batch})
+        )
+        keys = list({p.submission.idempotency_key for p in batch if p.submission.idempotency_key})
+        known_keys = await self._storage.find_idempotency_keys(keys) if keys else {}
+
+        fresh: list[_Pending] = []
+        duplicates: list[tuple[_Pending, int]] = []
+        size = state.tree_size
+        for p in batch:
+            sub = p.submission
+            original = known_hashes.get(sub.leaf_hash)
+            if original is None and sub.idempotency_key is not None:
+                original = known_keys.get(sub.idempotency_key)
+            if original is not None:
+                duplicates.append((p, original))
+                continue
+            index = size + len(fresh)
+            known_hashes[sub.leaf_hash] = index
+            if sub.idempotency_key is not None:
+                known_keys[sub.idempotency_key] = index
+            fresh.append(p)
+
+        if fresh:
+            await self._commit(state, fresh)
+        for p, index in duplicates:
+            await self._answer_duplicate(p, index)
+        self.rounds += 1
+
+    async def _commit(self, state: _State, fresh: list[_Pending]) -> None:
+        old_size = state.tree_size
+        leaf_hashes = [p.submission.leaf_hash for p in fresh]
+        compact = CompactRange(state.compact.size, state.compact.hashes)
+        compact.extend(leaf_hashes)
+        new_size = compact.size
+        changed = extend_tiles(
+            old_size, {level: data for (level, _), data in state.edge.items()}, leaf_hashes
+        )
+        note = self._sign(new_size, compact.root())
+        entries = [
+            NewEntry(
+                index=old_size + i,
+                leaf_hash=p.submission.leaf_hash,
+                data=p.submission.data,
+                idempotency_key=p.submission.idempotency_key,
+                lookup_keys=p.submission.lookup_keys,
+                log_time=p.submission.log_time,
+            )
+            for i, p in enumerate(fresh)
+        ]
+        batch = Batch(
+            entries=entries,
+            tiles=changed,
+            checkpoint=note,
+            tree_size=new_size,
+            compact_range=compact.to_bytes(),
+        )
+        try:
+            await self._storage.commit(state.checkpoint, batch)
+        except BaseException:
+            # The commit may or may not have happened: only storage can say, so reload first.
+            self._dirty = True
+            raise
+
+        tiles: dict[TileKey, bytes] = {**state.edge, **changed}
+        new_edge = {key: tiles[key] for key in _edge_keys(new_size)}
+        self._state = _State(note, compact, new_edge)
+
+        expanded: dict[TileKey, ExpandedTile] = {}
+
+        def expand(key: TileKey) -> ExpandedTile:
+            rows = expanded.get(key)
+            if rows is None:
+                rows = expanded[key] = expand_tile(tiles[key])
+            return rows
+
+        for i, p in enumerate(fresh):
+            index = old_size + i
+            nodes: list[Node] = inclusion_nodes(index, new_size)
+            proof = build_inclusion_proof(index, new_size, hashes_for_nodes(nodes, expand))
+            if not p.future.done():
+                p.future.set_result(
+                    Sequenced(index, p.submission.leaf_hash, False, new_size, note, tuple(proof))
+                )
+        for callback in self._subscribers:
+            try:
+                callback(note)
+            except Exception:
+                log.exception("checkpoint subscriber failed")
+
+    async def _answer_duplicate(self, p: _Pending, index: int) -> None:
+        state = self._state
+        assert state is not None
+        if p.future.done():
+            return
+        try:
+            proof = await self.reader.inclusion_proof(index, state.tree_size)
+        except (LookupError, StorageError) as exc:
+            p.future.set_exception(
+                SequencerStopped(f"cannot read the proof: {type(exc).__name__}", retry_after=1)
+            )
+            return
+        p.future.set_result(
+            Sequenced(
+                index, p.submission.leaf_hash, True, state.tree_size, state.checkpoint, tuple(proof)
+            )
+        )
+
+
+def root_from_edge(tree_size: int, tiles: dict[TileKey, bytes]) -> bytes:
+    """Return the tree root computed from right-edge tiles alone (used by tests and fsck)."""
+    rows: dict[TileKey, ExpandedTile] = {}
+
+    def expand(key: TileKey) -> ExpandedTile:
+        if key not in rows:
+            rows[key] = expand_tile(tiles[key])
+        return rows[key]
+
+    return root_from_hashes(hashes_for_nodes(root_nodes(tree_size), expand))
