@@ -1,0 +1,1 @@
+"""Etch's log server: HTTP API, sequencer, storage backends and configuration."""
