@@ -125,6 +125,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
             f"checkpoint has {len(lines)} lines; it needs origin, tree size and root hash"
         )
     origin, size_line, root_line, *extensions = lines
+    _check_line(origin, what="checkpoint origin")
     tree_size = parse_decimal(size_line, what="checkpoint tree size")
     root_hash = decode_base64(root_line, what="checkpoint root hash")
     if len(root_hash) != HASH_SIZE:

@@ -1,0 +1,176 @@
+"""C2SP tlog-proof: offline-verifiable receipts that an entry is in a log.
+
+A receipt (https://c2sp.org/tlog-proof) is text::
+
+    c2sp.org/tlog-proof@v1
+    extra YWdlLXYxLjIuMS1kYXJ3aW4tYXJtNjQudGFyLmd6
+    index 73894
+    gSKyXoYZUgZ6jduWYrkDOARinOMGJveXjgMkBTcdPlQ=
+    B95lDa8R83lS8n0eG+o0buTxRKQTYFi//1U8anccXmA=
+
+    example.com/fancylog
+    109482
+    sFodV/vSp5O8n9a8QpW6PRY97tfOSW5bsc2Xl/EQi08=
+
+    — example.com/fancylog hI2DJw...
+    — witness1.example mJirIklj...
+
+* the header line ``c2sp.org/tlog-proof@v1``;
+* optionally ``extra <base64>``: opaque, *unauthenticated* application data;
+* ``index <n>``: the entry's zero-based index, canonical decimal;
+* zero or more lines of base64 SHA-256 hashes: the RFC 6962 §2.1.1 inclusion proof, from
+  the leaf's sibling up to the root's child;
+* an empty line, then the checkpoint signed note verbatim (log signature and cosignatures).
+
+At most :data:`MAX_PROOF_HASHES` (63) proof hashes are accepted: a tree of at most 2**63 - 1
+leaves has no longer path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from merkle.checkpoint import MAX_TREE_SIZE, Checkpoint, parse_checkpoint, parse_decimal
+from merkle.errors import MalformedError, ProofError
+from merkle.hashing import HASH_SIZE, leaf_hash
+from merkle.note import decode_base64, encode_base64, parse_note
+from merkle.policy import Policy, verify_checkpoint
+from merkle.tree import verify_inclusion
+
+__all__ = [
+    "MAX_PROOF_HASHES",
+    "RECEIPT_HEADER",
+    "Receipt",
+    "format_receipt",
+    "parse_receipt",
+    "verify_receipt",
+]
+
+RECEIPT_HEADER = "c2sp.org/tlog-proof@v1"
+"""First line of every tlog-proof receipt."""
+
+MAX_PROOF_HASHES = 63
+"""Longest inclusion proof accepted (the depth of a tree of 2**63 - 1 leaves)."""
+
+_EXTRA_PREFIX = b"extra "
+_INDEX_PREFIX = b"index "
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A tlog-proof receipt: entry index, inclusion proof, signed checkpoint, optional extra.
+
+    ``checkpoint`` is the signed note bytes, kept verbatim. ``extra`` is unauthenticated data
+    (``None`` when the line is absent, ``b""`` for an empty ``extra`` line).
+
+    Requires ``0 <= index < 2**63 - 1``, at most 63 proof hashes of 32 bytes each and a
+    checkpoint that is a well-formed signed note whose text is a checkpoint; raises
+    MalformedError otherwise. Nothing is verified until :func:`verify_receipt`.
+    """
+
+    index: int
+    proof: tuple[bytes, ...]
+    checkpoint: bytes
+    extra: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.index) is not int or not 0 <= self.index < MAX_TREE_SIZE:
+            raise MalformedError(f"receipt index must be an int in 0..{MAX_TREE_SIZE - 1}")
+        if not isinstance(self.proof, tuple):
+            raise MalformedError("receipt proof must be a tuple of hashes")
+        if len(self.proof) > MAX_PROOF_HASHES:
+            raise MalformedError(
+                f"receipt proof has {len(self.proof)} hashes, more than {MAX_PROOF_HASHES}"
+            )
+        for number, node in enumerate(self.proof, 1):
+            if not isinstance(node, bytes) or len(node) != HASH_SIZE:
+                raise MalformedError(f"receipt proof hash {number} is not {HASH_SIZE} bytes")
+        if self.extra is not None and not isinstance(self.extra, bytes):
+            raise MalformedError("receipt extra data must be bytes or None")
+        if not isinstance(self.checkpoint, bytes):
+            raise MalformedError("receipt checkpoint must be bytes")
+        parse_checkpoint(parse_note(self.checkpoint).text)
+
+
+def _next_line(data: bytes, start: int, what: str) -> tuple[bytes, int]:
+    end = data.find(b"\n", start)
+    if end < 0:
+        raise MalformedError(f"receipt ends before its {what} line")
+    return data[start:end], end + 1
+
+
+def _ascii(line: bytes, what: str) -> str:
+    try:
+        return line.decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedError(f"receipt {what} line is not ASCII") from None
+
+
+def parse_receipt(data: bytes) -> Receipt:
+    """Parse a tlog-proof receipt strictly (signatures and proof are not verified).
+
+    tlog-proof "Format". Raises MalformedError for a wrong header line, a bad ``extra`` line
+    (not canonical base64), a missing or non-canonical ``index`` line, a proof line that is not
+    canonical base64 of 32 bytes, more than 63 proof lines, no empty line before the
+    checkpoint, or a checkpoint that is not a well-formed signed checkpoint note.
+    """
+    line, pos = _next_line(data, 0, "header")
+    if line != RECEIPT_HEADER.encode("ascii"):
+        raise MalformedError(f"receipt does not start with the line {RECEIPT_HEADER!r}")
+    line, pos = _next_line(data, pos, "index")
+    extra: bytes | None = None
+    if line.startswith(_EXTRA_PREFIX):
+        extra = decode_base64(_ascii(line[len(_EXTRA_PREFIX) :], "extra"), what="receipt extra")
+        line, pos = _next_line(data, pos, "index")
+    if not line.startswith(_INDEX_PREFIX):
+        raise MalformedError("receipt has no 'index <n>' line after its header")
+    index = parse_decimal(
+        _ascii(line[len(_INDEX_PREFIX) :], "index"), what="receipt index", maximum=MAX_TREE_SIZE - 1
+    )
+    proof: list[bytes] = []
+    while True:
+        line, pos = _next_line(data, pos, "empty separator")
+        if not line:
+            break
+        if len(proof) == MAX_PROOF_HASHES:
+            raise MalformedError(f"receipt proof has more than {MAX_PROOF_HASHES} hashes")
+        node = decode_base64(_ascii(line, "proof"), what=f"receipt proof hash {len(proof) + 1}")
+        if len(node) != HASH_SIZE:
+            raise MalformedError(
+                f"receipt proof hash {len(proof) + 1} is {len(node)} bytes, expected {HASH_SIZE}"
+            )
+        proof.append(node)
+    return Receipt(index, tuple(proof), data[pos:], extra)
+
+
+def format_receipt(receipt: Receipt) -> bytes:
+    """Encode ``receipt`` as tlog-proof text. The inverse of :func:`parse_receipt`."""
+    lines = [RECEIPT_HEADER]
+    if receipt.extra is not None:
+        lines.append(f"extra {encode_base64(receipt.extra)}")
+    lines.append(f"index {receipt.index}")
+    lines.extend(encode_base64(node) for node in receipt.proof)
+    return ("\n".join(lines) + "\n\n").encode("ascii") + receipt.checkpoint
+
+
+def verify_receipt(receipt: Receipt, entry: bytes, policy: Policy) -> Checkpoint:
+    """Verify that ``entry`` is in the log at ``receipt.index``, as trusted by ``policy``.
+
+    Checks, in order: the checkpoint's log signature and witness quorum
+    (:func:`merkle.policy.verify_checkpoint`), then the RFC 6962 inclusion proof of
+    ``leaf_hash(entry)`` at ``receipt.index`` against the checkpoint's root. The ``extra``
+    data is not looked at. Returns the verified checkpoint.
+
+    Raises the errors of :func:`~merkle.policy.verify_checkpoint` (MalformedError, NoteError
+    subclasses, PolicyError), then ProofError if the index is not below the tree size or the
+    proof does not lead to the root.
+    """
+    checkpoint, _ = verify_checkpoint(policy, receipt.checkpoint)
+    if receipt.index >= checkpoint.tree_size:
+        raise ProofError(
+            f"receipt index {receipt.index} is not below the tree size {checkpoint.tree_size}"
+        )
+    verify_inclusion(
+        leaf_hash(entry), receipt.index, checkpoint.tree_size, receipt.proof, checkpoint.root_hash
+    )
+    return checkpoint
