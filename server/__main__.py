@@ -23,7 +23,7 @@ from server.sequencer import IntegrityFailure
 from server.storage import open_storage
 from server.storage.base import StorageError
 
-__all__ = ["build_service", "main", "serve"]
+__all__ = ["build_service", "main", "run", "serve"]
 
 log = logging.getLogger("etch.serve")
 
@@ -85,6 +85,15 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     return 0
 
 
+def run(settings: Settings) -> int:
+    """Configure logging, run the log until it stops, and return the exit status."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(serve(settings))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse settings from ``argv`` and the environment, then serve."""
     try:
@@ -92,11 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"etch serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    return asyncio.run(serve(settings))
+    return run(settings)
 
 
 if __name__ == "__main__":
