@@ -34,18 +34,15 @@ from merkle.note import (
     parse_note,
     verify_note,
 )
+from merkle.tree import MAX_TREE_SIZE
 
 __all__ = [
-    "MAX_TREE_SIZE",
     "Checkpoint",
     "format_checkpoint",
     "open_checkpoint",
     "parse_checkpoint",
     "parse_decimal",
 ]
-
-MAX_TREE_SIZE = 2**63 - 1
-"""Largest tree size (and index bound) accepted anywhere in :mod:`merkle`."""
 
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _MAX_DIGITS = len(str(MAX_TREE_SIZE))

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from merkle.checkpoint import MAX_TREE_SIZE, Checkpoint, parse_checkpoint, parse_decimal
+from merkle.checkpoint import Checkpoint, parse_checkpoint, parse_decimal
 from merkle.errors import MalformedError, ProofError
 from merkle.hashing import HASH_SIZE, leaf_hash
 from merkle.note import decode_base64, encode_base64, parse_note
 from merkle.policy import Policy, verify_checkpoint
-from merkle.tree import verify_inclusion
+from merkle.tree import MAX_TREE_SIZE, verify_inclusion
 
 __all__ = [
     "MAX_PROOF_HASHES",

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merkle.checkpoint import (
-    MAX_TREE_SIZE,
     Checkpoint,
     format_checkpoint,
     open_checkpoint,
@@ -30,6 +29,7 @@ from merkle.errors import (
 )
 from merkle.hashing import EMPTY_ROOT
 from merkle.note import Ed25519Signer, add_signatures, parse_note, sign_note
+from merkle.tree import MAX_TREE_SIZE
 
 # c2sp.org/tlog-checkpoint, the example at the top of the specification.
 SPEC_TEXT = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"
