@@ -459,8 +459,9 @@ class _JSONChecker:
             if isinstance(container, dict):
                 for key, item in container.items():
                     self.count()
+                    size += self.text_size(key)
                     path.append(key)
-                    size += self.text_size(key) + self.check(item, depth)
+                    size += self.check(item, depth)
                     path.pop()
             else:
                 for index, item in enumerate(container):
@@ -918,9 +919,9 @@ def decode_deterministic(data: bytes) -> Value:
     reader = _CBORReader(
         data,
         max_depth=NESTING_CAP,
-        max_items=len(data),
-        max_string=len(data),
-        max_total=len(data),
+        max_items=len(data) + 1,
+        max_string=len(data) + 1,
+        max_total=len(data) + 1,
         deterministic=True,
     )
     value, _ = reader.item(0)
