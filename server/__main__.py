@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from merkle.errors import MerkleError
+from merkle.policy import Policy, parse_policy
 from server.app import create_app
 from server.config import ConfigError, Settings, load_settings
 from server.keys import KeyFileError, load_or_create_log_key
@@ -22,30 +24,56 @@ from server.log import LogService
 from server.sequencer import IntegrityFailure
 from server.storage import open_storage
 from server.storage.base import StorageError
+from server.witnessing import WitnessCollector
 
 __all__ = ["build_service", "main", "run", "serve"]
 
 log = logging.getLogger("etch.serve")
 
 
-def build_service(settings: Settings) -> LogService:
-    """Return the (unstarted) log service the settings describe, creating its key if new."""
+class StartupError(Exception):
+    """The log cannot start as configured; the message says why in one line."""
+
+
+def load_policy(settings: Settings, vkey: str) -> Policy | None:
+    """Read the witness policy file, checking that it names this log. Raises StartupError."""
+    if settings.policy_file is None:
+        return None
+    try:
+        policy = parse_policy(settings.policy_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, MerkleError) as exc:
+        raise StartupError(f"policy file {settings.policy_file}: {exc}") from None
+    if not any(entry.vkey == vkey for entry in policy.logs):
+        raise StartupError(
+            f"policy file {settings.policy_file} does not list this log's key {vkey}"
+        )
+    return policy
+
+
+def build_service(settings: Settings) -> tuple[LogService, Policy | None]:
+    """Return the (unstarted) log service and its witness policy, creating the key if new.
+
+    Raises KeyFileError or StartupError.
+    """
     key = load_or_create_log_key(settings.data_dir, settings.origin)
+    policy = load_policy(settings, key.vkey)
     storage = open_storage(settings.database)
-    return LogService(
+    service = LogService(
         storage,
         key.signer,
         settings.origin,
         batch_size=settings.batch_size,
         batch_period=settings.batch_period_ms / 1000,
+        witnessed=policy is not None and policy.quorum != "none",
     )
+    return service, policy
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
     """Start the log, serve HTTP until stopped, and return the exit status."""
     try:
-        service = build_service(settings)
-    except KeyFileError as exc:
+        service, policy = build_service(settings)
+    except (KeyFileError, StartupError) as exc:
         print(f"etch serve: {exc}", file=sys.stderr)
         return 1
     try:
@@ -58,6 +86,11 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     except StorageError as exc:
         print(f"etch serve: cannot open {settings.database_for_display()}: {exc}", file=sys.stderr)
         return 1
+    collector = None
+    if policy is not None:
+        collector = WitnessCollector(service, policy)
+        service.collector = collector
+        await collector.start()
     app = create_app(service, limits=settings.limits, manage_service=False)
     config = uvicorn.Config(
         app,
@@ -81,6 +114,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     try:
         await server.serve()
     finally:
+        if collector is not None:
+            await collector.stop()
         await service.stop()
     return 0
 

@@ -37,11 +37,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from merkle.checkpoint import MAX_TREE_SIZE, parse_decimal
+from merkle.checkpoint import parse_decimal
 from merkle.errors import MalformedError
 from merkle.hashing import HASH_SIZE, leaf_hash
 from merkle.tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, format_entry_bundle, parse_tile_path
-from merkle.tree import Node
+from merkle.tree import MAX_TREE_SIZE, Node
 from server.codec import (
     CodecError,
     Limits,

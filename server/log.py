@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from merkle.checkpoint import Checkpoint, open_checkpoint
 from merkle.note import Ed25519Signer, parse_note
@@ -24,6 +25,9 @@ from server.metrics import LogMetrics
 from server.sequencer import MonotonicClock, Sequenced, Sequencer, Submission
 from server.storage.base import Storage
 from server.treeview import TreeReader
+
+if TYPE_CHECKING:
+    from server.witnessing import WitnessCollector
 
 __all__ = ["LogService", "Published"]
 
@@ -74,6 +78,7 @@ class LogService:
         self._publish_listeners: list[Callable[[Published], None]] = []
         self._changed = asyncio.Event()
         self.sequencer.subscribe(self._on_commit)
+        self.collector: WitnessCollector | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -150,6 +155,9 @@ class LogService:
             return False, self.sequencer.failure
         if self.sequencer.checkpoint is None:
             return False, "no verified checkpoint yet"
+        if self.collector is not None and self.collector.ahead:
+            ahead = ", ".join(f"{n} at {s}" for n, s in sorted(self.collector.ahead.items()))
+            return False, f"witnesses have seen a larger tree than this log's ({ahead})"
         return True, "ok"
 
     # -- writes --------------------------------------------------------------------------------

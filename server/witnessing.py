@@ -1,0 +1,231 @@
+"""The log side of C2SP tlog-witness: collect cosignatures, publish once the quorum is met.
+
+After each commit the collector takes the newest signed checkpoint and sends it to every witness
+of the log's tlog-policy in parallel (``POST <url>/add-checkpoint``), each request carrying a
+consistency proof from the size that witness last cosigned. A ``409`` answer tells the witness's
+size: the collector adopts it and retries at once with the right proof. The returned
+cosignature lines are verified with the witness's key before they are merged into the note; once
+the merged note satisfies the policy's quorum it is stored and published.
+
+Sequencing never waits for this: a checkpoint that misses its quorum is retried (with the then
+newest checkpoint, after a back-off), and the last published checkpoint keeps serving
+``/checkpoint`` and receipts. A witness that reports a size larger than the log's own tree has
+seen a history this log does not have (a rollback or a fork): that is logged as an error,
+counted, and reported on the health endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+import httpx
+
+from merkle.checkpoint import parse_decimal
+from merkle.errors import MerkleError
+from merkle.note import Note, NoteSignature, format_note, parse_note, parse_signature_lines
+from merkle.policy import Policy, PolicyWitness, verify_checkpoint
+from server.log import LogService
+from server.storage.base import StorageError
+
+__all__ = ["WitnessCollector", "WitnessOutcome"]
+
+log = logging.getLogger(__name__)
+
+SIZE_MEDIA_TYPE = "text/x.tlog.size"
+MAX_RESPONSE_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessOutcome:
+    """What one witness answered for one checkpoint."""
+
+    witness: str
+    signatures: tuple[NoteSignature, ...]
+    error: str | None = None
+
+
+class WitnessCollector:
+    """Pushes checkpoints of one log to its witnesses and publishes cosigned ones."""
+
+    def __init__(
+        self,
+        service: LogService,
+        policy: Policy,
+        *,
+        timeout: float = 2.0,
+        retry_limit: float = 10.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._service = service
+        self._policy = policy
+        self._witnesses = [w for w in policy.witnesses if w.url]
+        self._timeout = timeout
+        self._retry_limit = retry_limit
+        self._client = client
+        self._own_client = client is None
+        self._sizes: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ahead: dict[str, int] = {}
+        """Witnesses that reported a tree larger than the log's: name -> their size."""
+
+    @property
+    def witnesses(self) -> list[PolicyWitness]:
+        """The policy's witnesses that have a URL to push to."""
+        return list(self._witnesses)
+
+    async def start(self) -> None:
+        """Load each witness's last known size and start the push loop."""
+        for witness in self._witnesses:
+            raw = await self._service.storage.get_meta(_size_key(witness.name))
+            self._sizes[witness.name] = int(raw.decode("ascii")) if raw else 0
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self._timeout,
+                limits=httpx.Limits(max_keepalive_connections=len(self._witnesses) + 1),
+            )
+        self._task = asyncio.create_task(self._run(), name="witness collector")
+
+    async def stop(self) -> None:
+        """Stop pushing and close the HTTP client this collector opened."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            latest = self._service.latest
+            published = self._service.published
+            if latest is None or (
+                published is not None and published.checkpoint.tree_size >= latest[1]
+            ):
+                await self._service.wait_for_commit()
+                continue
+            note, size = latest
+            try:
+                done = await self.witness(note, size)
+            except (StorageError, MerkleError, LookupError) as exc:
+                log.warning("witnessing size %d failed: %s", size, exc)
+                done = False
+            if done:
+                backoff = 0.1
+                continue
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self._retry_limit)
+
+    async def witness(self, note: bytes, size: int) -> bool:
+        """Collect cosignatures for one checkpoint; publish and return True if the quorum is met."""
+        outcomes = await asyncio.gather(*(self._push(w, note, size) for w in self._witnesses))
+        signatures = [s for o in outcomes for s in o.signatures]
+        parsed = parse_note(note)
+        merged = format_note(Note(parsed.text, parsed.signatures + tuple(signatures)))
+        try:
+            verify_checkpoint(self._policy, merged)
+        except MerkleError as exc:
+            failed = ", ".join(f"{o.witness}: {o.error}" for o in outcomes if o.error)
+            log.info("checkpoint %d not yet witnessed (%s) %s", size, exc, failed)
+            return False
+        await self._service.storage.put_cosigned_checkpoint(size, merged)
+        self._service.publish(merged)
+        return True
+
+    async def _push(self, witness: PolicyWitness, note: bytes, size: int) -> WitnessOutcome:
+        metrics = self._service.metrics
+        name = witness.name
+        for _ in range(3):
+            old = self._sizes.get(name, 0)
+            if old > size:
+                self.ahead[name] = old
+                metrics.witness_failures.labels(name, "witness-ahead").inc()
+                log.error(
+                    "witness %s has cosigned size %d, larger than this log's %d: "
+                    "the log's state was rolled back or forked",
+                    name,
+                    old,
+                    size,
+                )
+                return WitnessOutcome(name, (), "witness is ahead of the log")
+            try:
+                body = await self._request_body(old, size, note)
+                assert self._client is not None
+                response = await self._client.post(
+                    witness.url.rstrip("/") + "/add-checkpoint",  # type: ignore[union-attr]
+                    content=body,
+                    headers={"Content-Type": "text/plain; charset=utf-8"},
+                    timeout=self._timeout,
+                )
+            except (httpx.HTTPError, OSError) as exc:
+                metrics.witness_failures.labels(name, "unreachable").inc()
+                return WitnessOutcome(name, (), f"unreachable ({type(exc).__name__})")
+            content = response.content[:MAX_RESPONSE_BYTES]
+            if response.status_code == 409:
+                their = _parse_size(content)
+                if their is None:
+                    metrics.witness_failures.labels(name, "bad-409").inc()
+                    return WitnessOutcome(name, (), "409 without a valid size")
+                await self._remember(name, their)
+                continue
+            if response.status_code != 200:
+                metrics.witness_failures.labels(name, str(response.status_code)).inc()
+                return WitnessOutcome(name, (), f"HTTP {response.status_code}")
+            try:
+                lines = parse_signature_lines(content)
+            except MerkleError:
+                metrics.witness_failures.labels(name, "bad-cosignature").inc()
+                return WitnessOutcome(name, (), "unparsable cosignature")
+            text = parse_note(note).text.encode("utf-8")
+            good = tuple(
+                s
+                for s in lines
+                if s.name == witness.verifier.name
+                and s.key_id == witness.verifier.key_id
+                and witness.verifier.verify(text, s.signature)
+            )
+            if not good:
+                metrics.witness_failures.labels(name, "bad-cosignature").inc()
+                return WitnessOutcome(name, (), "cosignature does not verify")
+            await self._remember(name, size)
+            metrics.cosignatures.labels(name).inc()
+            return WitnessOutcome(name, good)
+        return WitnessOutcome(name, (), "witness kept answering 409")
+
+    async def _remember(self, name: str, size: int) -> None:
+        self._sizes[name] = size
+        self._service.metrics.witness_size.labels(name).set(size)
+        await self._service.storage.put_meta(_size_key(name), str(size).encode("ascii"))
+
+    async def _request_body(self, old: int, size: int, note: bytes) -> bytes:
+        proof: list[bytes] = []
+        if 0 < old < size:
+            proof = await self._service.reader.consistency_proof(old, size)
+        lines = [f"old {old}\n".encode()]
+        lines += [base64.b64encode(h) + b"\n" for h in proof]
+        lines.append(b"\n")
+        return b"".join(lines) + note
+
+
+def _size_key(name: str) -> str:
+    return f"witness-size/{name}"
+
+
+def _parse_size(content: bytes) -> int | None:
+    try:
+        text = content.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not text.endswith("\n"):
+        return None
+    try:
+        return parse_decimal(text[:-1], what="witness size")
+    except MerkleError:
+        return None
