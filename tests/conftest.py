@@ -6,11 +6,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
-from tests.pg import ExternalPg, PgCluster, PgServer, PgUnavailable
+from tests.pg import ExternalPg, PgCluster, PgServer, PgUnavailable, unavailable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -31,13 +30,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _pg_unavailable(reason: str) -> NoReturn:
-    """Fail under CI (no PostgreSQL test is ever skipped there), skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"PostgreSQL unavailable: {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL unavailable: {reason}")
-
-
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """The session's PostgreSQL: ``ETCH_TEST_DSN`` if set, else a private :class:`PgServer`."""
@@ -48,7 +40,7 @@ def pg_cluster() -> Iterator[PgCluster]:
     try:
         server = PgServer.create()
     except PgUnavailable as exc:
-        _pg_unavailable(str(exc))
+        unavailable(str(exc))
     try:
         yield server
     finally:
@@ -66,7 +58,7 @@ def pg_dsn(pg_cluster: PgCluster) -> str:
 def pg_server(pg_cluster: PgCluster) -> PgServer:
     """The private server, for tests that stop or restart PostgreSQL (not with ETCH_TEST_DSN)."""
     if not isinstance(pg_cluster, PgServer):
-        _pg_unavailable("ETCH_TEST_DSN names an external server, which tests cannot restart")
+        unavailable("ETCH_TEST_DSN names an external server, which tests cannot restart")
     return pg_cluster
 
 
@@ -78,7 +70,7 @@ def pg_database(pg_cluster: PgCluster) -> Iterator[str]:
     try:
         dsn = pg_cluster.create_database(name)
     except PgUnavailable as exc:
-        _pg_unavailable(str(exc))
+        unavailable(str(exc))
     try:
         yield dsn
     finally:

@@ -24,11 +24,13 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
+import pytest
 
-__all__ = ["ExternalPg", "PgCluster", "PgServer", "PgUnavailable", "find_bin_dir"]
+__all__ = ["ExternalPg", "PgCluster", "PgServer", "PgUnavailable", "find_bin_dir", "unavailable"]
 
 SUPERUSER = "postgres"
 """The cluster's superuser (``initdb -U``), also the OS user the server runs as under root."""
@@ -43,6 +45,13 @@ _MAX_SOCKET_DIR = 80  # a socket path (dir + "/.s.PGSQL.5432") must fit in 107 b
 
 class PgUnavailable(Exception):  # noqa: N818 (reads as a condition, like the storage errors)
     """PostgreSQL cannot be started or reached; the message says why."""
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Fail the test under CI (``CI=true``: no PostgreSQL test is ever skipped there), else skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL unavailable: {reason}", pytrace=False)
+    pytest.skip(f"PostgreSQL unavailable: {reason}")
 
 
 def find_bin_dir() -> Path | None:
