@@ -1,0 +1,1 @@
+"""Etch client library: submit events, fetch and verify proofs, checkpoints and receipts."""
