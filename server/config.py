@@ -164,9 +164,6 @@ def _check_level(raw: object) -> str:
     return level
 
 
-def _int_check(low: int, high: int) -> Callable[[object], int]:
-    """Return a check accepting integers in ``[low, high]``."""
-    return lambda raw: _check_int(raw, low, high)
 
 
 _UNBOUNDED: Final = 2**40
@@ -180,6 +177,7 @@ class _Option:
     check: Callable[[object], object]
     help: str
     in_limits: bool = False
+    integer: bool = False
 
     @property
     def env(self) -> str:
@@ -197,24 +195,31 @@ class _Option:
         return f"limits.{self.name}" if self.in_limits else self.name
 
 
+def _int_option(
+    name: str, low: int, high: int, help: str, *, in_limits: bool = False
+) -> _Option:
+    """Return an integer option accepting values in ``[low, high]``."""
+    return _Option(name, lambda raw: _check_int(raw, low, high), help, in_limits, integer=True)
+
+
 _OPTIONS: Final = (
     _Option("data_dir", _check_path, "data directory (default ./etch-data)"),
     _Option("host", _check_host, "listen address (default 127.0.0.1)"),
-    _Option("port", _int_check(0, 65535), "listen port (default 8080; 0 picks a free port)"),
+    _int_option("port", 0, 65535, "listen port (default 8080; 0 picks a free port)"),
     _Option("database_url", _check_database, "postgresql:// URL or SQLite file path"),
     _Option("origin", _check_origin, "log origin, e.g. log.example.com/oauth/2026"),
-    _Option("batch_size", _int_check(1, 100_000), "most entries sequenced at once"),
-    _Option("batch_period_ms", _int_check(0, 60_000), "longest wait for a batch to fill, ms"),
+    _int_option("batch_size", 1, 100_000, "most entries sequenced at once (default 1000)"),
+    _int_option("batch_period_ms", 0, 60_000, "longest wait for a batch, ms (default 200)"),
     _Option("policy_file", _check_path, "C2SP tlog-policy file naming witnesses and quorum"),
     _Option("log_level", _check_level, "debug, info, warning, error or critical"),
-    _Option("max_body_bytes", _int_check(1, _UNBOUNDED), "largest event body", True),
-    _Option("max_depth", _int_check(1, MAX_DEPTH_CAP), "deepest event nesting", True),
-    _Option("max_items", _int_check(1, _UNBOUNDED), "most items in one array or map", True),
-    _Option("max_string_bytes", _int_check(1, _UNBOUNDED), "longest string in bytes", True),
-    _Option("max_total_items", _int_check(1, _UNBOUNDED), "most data items in an event", True),
-    _Option("max_entry_bytes", _int_check(1, MAX_ENTRY_SIZE), "largest encoded entry", True),
-    _Option("max_batch_bytes", _int_check(1, _UNBOUNDED), "largest batch body", True),
-    _Option("max_batch_events", _int_check(1, _UNBOUNDED), "most events in a batch", True),
+    _int_option("max_body_bytes", 1, _UNBOUNDED, "largest event body", in_limits=True),
+    _int_option("max_depth", 1, MAX_DEPTH_CAP, "deepest event nesting", in_limits=True),
+    _int_option("max_items", 1, _UNBOUNDED, "most items in an array or map", in_limits=True),
+    _int_option("max_string_bytes", 1, _UNBOUNDED, "longest string, bytes", in_limits=True),
+    _int_option("max_total_items", 1, _UNBOUNDED, "most data items in all", in_limits=True),
+    _int_option("max_entry_bytes", 1, MAX_ENTRY_SIZE, "largest entry", in_limits=True),
+    _int_option("max_batch_bytes", 1, _UNBOUNDED, "largest batch body", in_limits=True),
+    _int_option("max_batch_events", 1, _UNBOUNDED, "most events in a batch", in_limits=True),
 )
 _BY_NAME: Final = {option.name: option for option in _OPTIONS}
 
@@ -308,6 +313,13 @@ def _checked(option: _Option, raw: object, source: str) -> object:
         _fail(source, str(error))
 
 
+def _from_toml_value(option: _Option, raw: object, source: str) -> object:
+    """Check a TOML value: integers must be TOML integers, not strings of digits."""
+    if option.integer and type(raw) is not int:
+        _fail(source, "must be a TOML integer")
+    return _checked(option, raw, source)
+
+
 def _from_toml(path: Path) -> dict[str, object]:
     """Read the TOML file at ``path`` into checked values by option name."""
     label = str(path)
@@ -329,12 +341,13 @@ def _from_toml(path: Path) -> dict[str, object]:
                 option = _BY_NAME.get(limit_key)
                 if option is None or not option.in_limits:
                     _fail(label, f"unknown key limits.{limit_key}")
-                values[limit_key] = _checked(option, limit_raw, f"{label}: limits.{limit_key}")
+                source = f"{label}: limits.{limit_key}"
+                values[limit_key] = _from_toml_value(option, limit_raw, source)
             continue
         option = _BY_NAME.get(key)
         if option is None or option.in_limits:
             _fail(label, f"unknown key {key}")
-        values[key] = _checked(option, raw, f"{label}: {key}")
+        values[key] = _from_toml_value(option, raw, f"{label}: {key}")
     return values
 
 
