@@ -315,7 +315,10 @@ def unique_lookup_keys(entry: NewEntry) -> list[tuple[bytes, bytes]]:
 
     Raises ``IntegrityError`` if a kind or value cannot be encoded.
     """
-    pairs = ((encode_key(kind), encode_key(value)) for kind, value in entry.lookup_keys)
+    try:
+        pairs = [(kind.encode("utf-8"), value.encode("utf-8")) for kind, value in entry.lookup_keys]
+    except UnicodeEncodeError:
+        raise IntegrityError(f"entry {entry.index} has a lookup key that is not text") from None
     return list(dict.fromkeys(pairs))
 
 

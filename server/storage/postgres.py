@@ -7,10 +7,14 @@ version lives in ``schema_version``.
 Commit: one transaction that first compare-and-swaps the single ``state`` row
 (``UPDATE ... WHERE checkpoint IS NOT DISTINCT FROM $previous``). A concurrent writer blocks on
 that row until the first one ends and then finds the checkpoint changed, so exactly one of them
-wins. Then entries, leaf hashes, idempotency keys and lookup keys go in as one
-``INSERT ... SELECT FROM unnest(...)`` each (one round trip per table, whatever the batch size),
-and the tiles as one upsert that refuses to change stored hashes. Durable on return with the
-server's default ``synchronous_commit = on``.
+wins. Then entries, leaf hashes, idempotency keys and lookup keys go in with one binary ``COPY``
+each (whatever the batch size), and the tiles as one ``INSERT ... SELECT FROM unnest(...)``
+upsert that refuses to change stored hashes. Durable on return with the server's default
+``synchronous_commit = on``.
+
+The index tables carry no foreign keys to ``entries``: their rows are written only by the
+commit, in the transaction that writes the entries, and checking each row by trigger would
+double the cost of a commit. Uniqueness is enforced by primary keys.
 
 Failures: driver and server errors are mapped onto :mod:`server.storage.base`: lost connections,
 a server that is down, starting or shutting down, lack of resources (disk full, too many
@@ -81,16 +85,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         """CREATE TABLE leaf_hashes (
             leaf_hash bytea PRIMARY KEY CHECK (length(leaf_hash) = 32),
-            leaf_index bigint NOT NULL REFERENCES entries (leaf_index)
+            leaf_index bigint NOT NULL
         )""",
         """CREATE TABLE idempotency_keys (
             idempotency_key bytea PRIMARY KEY,
-            leaf_index bigint NOT NULL REFERENCES entries (leaf_index)
+            leaf_index bigint NOT NULL
         )""",
         """CREATE TABLE lookup_keys (
             kind bytea NOT NULL,
             value bytea NOT NULL,
-            leaf_index bigint NOT NULL REFERENCES entries (leaf_index),
+            leaf_index bigint NOT NULL,
             log_time bigint NOT NULL,
             PRIMARY KEY (kind, value, leaf_index)
         )""",
@@ -126,22 +130,6 @@ _SWAP_STATE = """
     UPDATE state SET checkpoint = $1, tree_size = $2, compact_range = $3
     WHERE id = 1 AND checkpoint IS NOT DISTINCT FROM $4::bytea AND tree_size = $5
     RETURNING tree_size
-"""
-_INSERT_ENTRIES = """
-    INSERT INTO entries (leaf_index, data, log_time)
-    SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[])
-"""
-_INSERT_LEAF_HASHES = """
-    INSERT INTO leaf_hashes (leaf_hash, leaf_index)
-    SELECT * FROM unnest($1::bytea[], $2::bigint[])
-"""
-_INSERT_IDEMPOTENCY_KEYS = """
-    INSERT INTO idempotency_keys (idempotency_key, leaf_index)
-    SELECT * FROM unnest($1::bytea[], $2::bigint[])
-"""
-_INSERT_LOOKUP_KEYS = """
-    INSERT INTO lookup_keys (kind, value, leaf_index, log_time)
-    SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])
 """
 _UPSERT_TILES = """
     INSERT INTO tiles AS t (level, tile_index, data)
@@ -355,11 +343,31 @@ class PostgresStorage:
         """
         start = check_batch(batch)
         entries = batch.entries
-        lookups = [(e, pair) for e in entries for pair in unique_lookup_keys(e)]
-        keyed = [
-            (encode_key(e.idempotency_key), e.index)
-            for e in entries
-            if e.idempotency_key is not None
+        rows: list[tuple[str, tuple[str, ...], list[tuple[object, ...]]]] = [
+            (
+                "entries",
+                ("leaf_index", "data", "log_time"),
+                [(e.index, e.data, e.log_time) for e in entries],
+            ),
+            ("leaf_hashes", ("leaf_hash", "leaf_index"), [(e.leaf_hash, e.index) for e in entries]),
+            (
+                "idempotency_keys",
+                ("idempotency_key", "leaf_index"),
+                [
+                    (encode_key(e.idempotency_key), e.index)
+                    for e in entries
+                    if e.idempotency_key is not None
+                ],
+            ),
+            (
+                "lookup_keys",
+                ("kind", "value", "leaf_index", "log_time"),
+                [
+                    (kind, value, e.index, e.log_time)
+                    for e in entries
+                    for kind, value in unique_lookup_keys(e)
+                ],
+            ),
         ]
         tiles = list(batch.tiles.items())
 
@@ -376,30 +384,9 @@ class PostgresStorage:
                 if swapped is None:
                     await self._explain_failed_swap(conn, previous, batch, start)
                     return
-                if entries:
-                    await conn.execute(
-                        _INSERT_ENTRIES,
-                        [e.index for e in entries],
-                        [e.data for e in entries],
-                        [e.log_time for e in entries],
-                    )
-                    await conn.execute(
-                        _INSERT_LEAF_HASHES,
-                        [e.leaf_hash for e in entries],
-                        [e.index for e in entries],
-                    )
-                if keyed:
-                    await conn.execute(
-                        _INSERT_IDEMPOTENCY_KEYS, [k for k, _ in keyed], [i for _, i in keyed]
-                    )
-                if lookups:
-                    await conn.execute(
-                        _INSERT_LOOKUP_KEYS,
-                        [kind for _, (kind, _) in lookups],
-                        [value for _, (_, value) in lookups],
-                        [e.index for e, _ in lookups],
-                        [e.log_time for e, _ in lookups],
-                    )
+                for table, columns, records in rows:
+                    if records:
+                        await conn.copy_records_to_table(table, columns=columns, records=records)
                 if tiles:
                     status = await conn.execute(
                         _UPSERT_TILES,
