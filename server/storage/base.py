@@ -231,7 +231,9 @@ class Storage(Protocol):
 
         Ascending; pass the last index returned as ``after`` for the next page. Only entries with
         ``since_ms <= log_time < until_ms`` (each bound optional) are returned. Requires
-        ``limit >= 1``.
+        ``limit >= 1``. Cost: one index range scan over the key's entries after ``after``, the
+        time bounds filtering the rows it walks (a narrow window late in a long history walks
+        the key's earlier rows; callers paginate with ``after``).
         """
         ...
 
@@ -261,6 +263,9 @@ class Storage(Protocol):
     async def put_meta(self, key: str, value: bytes) -> None:
         """Set a small metadata value, replacing any earlier one."""
         ...
+
+
+# -- helpers shared by the backends ---------------------------------------------------------
 
 
 def encode_key(text: str) -> bytes:
