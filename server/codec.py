@@ -54,11 +54,12 @@ Example::
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Final, NoReturn, TypeAlias
+from typing import Any, Final, TypeAlias
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -248,54 +249,123 @@ def encode_entry(value: Encodable, limits: Limits = DEFAULT_LIMITS) -> bytes:
 
 
 def _encode_into(value: object, out: bytearray, depth: int) -> None:
-    """Append the deterministic encoding of ``value`` to ``out`` (see encode_deterministic)."""
-    if isinstance(value, str):
-        data = _utf8(value)
-        out += _head(3, len(data))
+    """Append the deterministic encoding of ``value`` to ``out`` (see encode_deterministic).
+
+    Exact built-in types take the fast paths; subclasses, tuples, other mappings and every
+    refusal go through :func:`_encode_other`.
+    """
+    kind = type(value)
+    if kind is str:
+        try:
+            data = value.encode("utf-8")  # type: ignore[attr-defined]
+        except UnicodeEncodeError:
+            raise CodecError(
+                "unsupported-type", "text string is not valid Unicode (lone surrogate)"
+            ) from None
+        length = len(data)
+        if length < 24:
+            out.append(0x60 | length)
+        else:
+            out += _head(3, length)
         out += data
+    elif kind is int:
+        number: int = value  # type: ignore[assignment]
+        if 0 <= number < 24:
+            out.append(number)
+        elif -24 <= number < 0:
+            out.append(0x1F - number)  # 0x20 | (-1 - number)
+        elif 0 <= number <= INT_MAX:
+            out += _head(0, number)
+        elif INT_MIN <= number < 0:
+            out += _head(1, -1 - number)
+        else:
+            raise CodecError("unsupported-type", "integer outside [-2**63, 2**64-1]")
+    elif kind is dict:
+        _encode_map(value, out, depth)  # type: ignore[arg-type]
+    elif kind is list:
+        _encode_array(value, out, depth)  # type: ignore[arg-type]
+    elif value is None:
+        out.append(0xF6)
     elif value is True:
         out.append(0xF5)
     elif value is False:
         out.append(0xF4)
-    elif value is None:
-        out.append(0xF6)
+    elif kind is bytes:
+        payload: bytes = value  # type: ignore[assignment]
+        out += _head(2, len(payload))
+        out += payload
+    else:
+        _encode_other(value, out, depth)
+
+
+def _encode_other(value: object, out: bytearray, depth: int) -> None:
+    """Encode subclasses of the allowed types, tuples and mappings; refuse everything else."""
+    if isinstance(value, bool):
+        out.append(0xF5 if value else 0xF4)
+    elif isinstance(value, str):
+        _encode_into(str(value), out, depth)
     elif isinstance(value, int):
-        if 0 <= value <= INT_MAX:
-            out += _head(0, value)
-        elif INT_MIN <= value < 0:
-            out += _head(1, -1 - value)
-        else:
-            raise CodecError("unsupported-type", "integer outside [-2**63, 2**64-1]")
+        _encode_into(int(value), out, depth)
     elif isinstance(value, bytes):
-        out += _head(2, len(value))
-        out += value
+        _encode_into(bytes(value), out, depth)
     elif isinstance(value, Mapping):
-        if depth >= NESTING_CAP:
-            raise CodecError("too-deep", f"nesting deeper than {NESTING_CAP} levels")
-        keyed: list[tuple[bytes, object]] = []
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise CodecError("unsupported-type", "map keys must be text strings")
-            data = _utf8(key)
-            keyed.append((_head(3, len(data)) + data, item))
-        # Encoded text keys of distinct strings are distinct, so the sort never compares items.
-        keyed.sort(key=_first)
-        out += _head(5, len(keyed))
-        for encoded_key, item in keyed:
-            out += encoded_key
-            _encode_into(item, out, depth + 1)
+        _encode_map(value, out, depth)
     elif isinstance(value, list | tuple):
-        if depth >= NESTING_CAP:
-            raise CodecError("too-deep", f"nesting deeper than {NESTING_CAP} levels")
-        out += _head(4, len(value))
-        for item in value:
-            _encode_into(item, out, depth + 1)
+        _encode_array(value, out, depth)
     elif isinstance(value, float):
         raise CodecError("float-not-allowed", "floats cannot be encoded")
     else:
         raise CodecError(
             "unsupported-type", f"values of type {type(value).__name__} cannot be encoded"
         )
+
+
+def _encode_map(value: Mapping[object, object], out: bytearray, depth: int) -> None:
+    """Encode a map: keys sorted by the bytewise order of their encodings (§4.2.1)."""
+    if depth >= NESTING_CAP:
+        raise CodecError("too-deep", f"nesting deeper than {NESTING_CAP} levels")
+    pairs: list[tuple[bytes, object]] = []
+    for key, item in value.items():
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise CodecError("unsupported-type", "map keys must be text strings")
+            key = str(key)
+        pairs.append((_encoded_key(key) if len(key) <= 64 else _encoded_text(key), item))
+    # Encodings of distinct strings are distinct, so the sort never compares the items.
+    pairs.sort(key=_first)
+    length = len(pairs)
+    if length < 24:
+        out.append(0xA0 | length)
+    else:
+        out += _head(5, length)
+    depth += 1
+    for encoded_key, item in pairs:
+        out += encoded_key
+        _encode_into(item, out, depth)
+
+
+def _encode_array(value: Sequence[object], out: bytearray, depth: int) -> None:
+    """Encode an array with a definite length."""
+    if depth >= NESTING_CAP:
+        raise CodecError("too-deep", f"nesting deeper than {NESTING_CAP} levels")
+    length = len(value)
+    if length < 24:
+        out.append(0x80 | length)
+    else:
+        out += _head(4, length)
+    depth += 1
+    for item in value:
+        _encode_into(item, out, depth)
+
+
+def _encoded_text(text: str) -> bytes:
+    """Return the deterministic encoding of a text string (head and UTF-8 bytes)."""
+    data = _utf8(text)
+    return _head(3, len(data)) + data
+
+
+_encoded_key: Final = functools.lru_cache(maxsize=1024)(_encoded_text)
+"""Cached :func:`_encoded_text` for short map keys, which repeat from event to event."""
 
 
 def _first(pair: tuple[bytes, object]) -> bytes:
@@ -402,26 +472,45 @@ def _parse_json(body: bytes, max_bytes: int, max_depth: int) -> object:
         raise CodecError("too-deep", f"nesting deeper than {max_depth} levels") from None
 
 
+class _RefusalError(Exception):
+    """Internal: a refusal travelling up the decoders, collecting its path on the way.
+
+    Containers append their segment as it passes (innermost first), so that no path has to be
+    maintained while nothing is wrong. ``positional`` is false for syntax errors, which have no
+    pointer unless they happen inside some field.
+    """
+
+    def __init__(self, problem_type: str, detail: str, *, positional: bool = True) -> None:
+        super().__init__(detail)
+        self.problem_type = problem_type
+        self.detail = detail
+        self.positional = positional
+        self.path: list[str | int] = []
+
+    def to_error(self) -> CodecError:
+        """Return the public CodecError with its JSON pointer."""
+        if self.path:
+            pointer: str | None = _pointer(self.path[::-1])
+        else:
+            pointer = "" if self.positional else None
+        return CodecError(self.problem_type, self.detail, pointer)
+
+
 class _JSONChecker:
     """Walks a value parsed by json.loads, enforcing Limits and summing its encoded size."""
 
-    __slots__ = ("items", "limits", "path")
+    __slots__ = ("items", "max_depth", "max_items", "max_string", "max_total")
 
     def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+        self.max_depth = limits.max_depth
+        self.max_items = limits.max_items
+        self.max_string = limits.max_string_bytes
+        self.max_total = limits.max_total_items
         self.items = 0
-        self.path: list[str | int] = []
 
-    def fail(self, problem_type: str, detail: str, key: str | None = None) -> NoReturn:
-        """Raise CodecError at the current path (plus ``key`` when given)."""
-        path = self.path if key is None else [*self.path, key]
-        raise CodecError(problem_type, detail, _pointer(path))
-
-    def count(self) -> None:
-        """Count one data item against ``max_total_items``."""
-        self.items += 1
-        if self.items > self.limits.max_total_items:
-            self.fail("too-large", f"more than {self.limits.max_total_items} data items in all")
+    def too_many(self) -> _RefusalError:
+        """Return the refusal for exceeding ``max_total_items``."""
+        return _RefusalError("too-large", f"more than {self.max_total} data items in all")
 
     def text_size(self, text: str) -> int:
         """Return the encoded size of a text string after checking its length."""
@@ -431,51 +520,68 @@ class _JSONChecker:
             try:
                 length = len(text.encode("utf-8"))
             except UnicodeEncodeError:
-                self.fail("bad-json", "text string is not valid Unicode (lone surrogate escape)")
-        if length > self.limits.max_string_bytes:
-            self.fail("too-large", f"string longer than {self.limits.max_string_bytes} bytes")
-        return _head_size(length) + length
+                raise _RefusalError(
+                    "bad-json", "text string is not valid Unicode (lone surrogate escape)"
+                ) from None
+        if length > self.max_string:
+            raise _RefusalError("too-large", f"string longer than {self.max_string} bytes")
+        return length + 1 if length < 24 else length + _head_size(length)
 
     def check(self, value: object, depth: int) -> int:
         """Check ``value`` found at nesting ``depth`` and return its deterministic size."""
-        self.count()
+        self.items += 1
+        if self.items > self.max_total:
+            raise self.too_many()
         kind = type(value)
         if kind is str:
             return self.text_size(value)  # type: ignore[arg-type]
         if kind is int:
             number: int = value  # type: ignore[assignment]
+            if -24 <= number < 24:
+                return 1
             return _head_size(number if number >= 0 else -1 - number)
         if value is None or kind is bool:
             return 1
         if kind is dict or kind is list:
-            depth += 1
-            if depth > self.limits.max_depth:
-                self.fail("too-deep", f"nesting deeper than {self.limits.max_depth} levels")
-            container: dict[str, object] | list[object] = value  # type: ignore[assignment]
-            if len(container) > self.limits.max_items:
-                self.fail("too-large", f"more than {self.limits.max_items} items in one container")
-            size = _head_size(len(container))
-            path = self.path
-            if isinstance(container, dict):
-                for key, item in container.items():
-                    self.count()
-                    size += self.text_size(key)
-                    path.append(key)
-                    size += self.check(item, depth)
-                    path.pop()
-            else:
-                for index, item in enumerate(container):
-                    path.append(index)
-                    size += self.check(item, depth)
-                    path.pop()
-            return size
+            return self.container(value, depth + 1)  # type: ignore[arg-type]
         if value is _FLOAT_MARKER:
-            self.fail("float-not-allowed", "floats, NaN and Infinity are not allowed")
+            raise _RefusalError("float-not-allowed", "floats, NaN and Infinity are not allowed")
         if value is _INT_RANGE_MARKER:
-            self.fail("unsupported-type", "integer outside [-2**63, 2**64-1]")
+            raise _RefusalError("unsupported-type", "integer outside [-2**63, 2**64-1]")
         if isinstance(value, _Marker) and value.key is not None:
-            self.fail("duplicate-key", "duplicate map key", value.key)
+            refusal = _RefusalError("duplicate-key", "duplicate map key")
+            refusal.path.append(value.key)
+            raise refusal
         raise AssertionError(f"json produced an unexpected {kind.__name__}")
+
+    def container(self, container: dict[str, object] | list[object], depth: int) -> int:
+        """Check an object or array at nesting ``depth`` and return its deterministic size."""
+        if depth > self.max_depth:
+            raise _RefusalError("too-deep", f"nesting deeper than {self.max_depth} levels")
+        length = len(container)
+        if length > self.max_items:
+            raise _RefusalError("too-large", f"more than {self.max_items} items in one container")
+        size = 1 if length < 24 else _head_size(length)
+        check = self.check
+        if isinstance(container, dict):
+            for key, item in container.items():
+                self.items += 1
+                if self.items > self.max_total:
+                    raise self.too_many()
+                size += self.text_size(key)
+                try:
+                    size += check(item, depth)
+                except _RefusalError as refusal:
+                    refusal.path.append(key)
+                    raise
+        else:
+            for index, item in enumerate(container):
+                try:
+                    size += check(item, depth)
+                except _RefusalError as refusal:
+                    refusal.path.append(index)
+                    raise
+        return size
 
 
 def _check_event(value: object, limits: Limits, check: Callable[[], int]) -> dict[str, Value]:
@@ -499,7 +605,14 @@ def _check_event(value: object, limits: Limits, check: Callable[[], int]) -> dic
 
 def _check_json_event(value: object, limits: Limits) -> dict[str, Value]:
     """Validate one parsed JSON event against ``limits`` (see decode_json)."""
-    return _check_event(value, limits, lambda: _JSONChecker(limits).check(value, 0))
+
+    def size() -> int:
+        try:
+            return _JSONChecker(limits).check(value, 0)
+        except _RefusalError as refusal:
+            raise refusal.to_error() from None
+
+    return _check_event(value, limits, size)
 
 
 def decode_json(body: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Value]:
@@ -553,6 +666,8 @@ def _batch_elements(value: object, limits: Limits) -> list[object]:
 
 _INT64_NEGATIVE_MAX: Final = 2**63 - 1
 """Largest major type 1 argument allowed: -1 - (2**63 - 1) == -2**63."""
+_SHORTEST_FROM: Final = (0,) * 24 + (24, 0x100, 0x10000, 0x100000000)
+"""By additional information 24..27: the smallest argument that needs that head width."""
 
 
 class _CBORReader:
@@ -560,19 +675,22 @@ class _CBORReader:
 
     ``deterministic`` additionally refuses non-shortest heads and map keys that are not in
     strictly increasing bytewise order of their encodings (§4.2.1). Limits are checked before
-    any allocation: a declared length is compared with the limits and with the bytes left.
+    any allocation: a declared length is compared with the bytes left and with the limits.
+    ``size`` accumulates the deterministic encoded size of what was read. Refusals are raised
+    as :class:`_RefusalError`.
     """
 
     __slots__ = (
         "data",
         "deterministic",
+        "end",
         "items",
         "max_depth",
         "max_items",
         "max_string",
         "max_total",
-        "path",
         "pos",
+        "size",
     )
 
     def __init__(
@@ -586,6 +704,7 @@ class _CBORReader:
         deterministic: bool,
     ) -> None:
         self.data = data
+        self.end = len(data)
         self.pos = 0
         self.max_depth = max_depth
         self.max_items = max_items
@@ -593,178 +712,196 @@ class _CBORReader:
         self.max_total = max_total
         self.deterministic = deterministic
         self.items = 0
-        self.path: list[str | int] = []
+        self.size = 0
 
-    def fail(self, problem_type: str, detail: str, key: str | None = None) -> NoReturn:
-        """Raise CodecError at the current path (plus ``key`` when given)."""
-        path = self.path if key is None else [*self.path, key]
-        raise CodecError(problem_type, detail, _pointer(path))
+    def malformed(self, detail: str, at: int | None = None) -> _RefusalError:
+        """Return a bad-cbor refusal naming the byte offset (default: the current one)."""
+        return _RefusalError(
+            "bad-cbor", f"{detail} at byte {self.pos if at is None else at}", positional=False
+        )
 
-    def malformed(self, detail: str) -> NoReturn:
-        """Raise CodecError(bad-cbor) naming the byte offset."""
-        raise self.malformed_error(detail)
+    def head(self) -> tuple[int, int]:
+        """Read a head; return (initial byte, argument).
 
-    def malformed_error(self, detail: str) -> CodecError:
-        """Return CodecError(bad-cbor) naming the byte offset and the current path."""
-        pointer = _pointer(self.path) if self.path else None
-        return CodecError("bad-cbor", f"{detail} at byte {self.pos}", pointer)
-
-    def head(self) -> tuple[int, int, int]:
-        """Read an initial byte and argument; return (major type, additional info, argument).
-
-        Major type 7 is returned with its additional information as the argument and nothing
-        read beyond the initial byte: its values are dispatched by :meth:`item`.
+        For major type 7 the argument is the additional information and nothing beyond the
+        initial byte is read: :meth:`simple` dispatches those values.
         """
-        data = self.data
         pos = self.pos
-        if pos >= len(data):
-            self.malformed("unexpected end of data")
-        initial = data[pos]
-        major = initial >> 5
+        if pos >= self.end:
+            raise self.malformed("unexpected end of data")
+        initial = self.data[pos]
         info = initial & 0x1F
-        if info < 24 or major == 7:
+        if info < 24 or initial >= 0xE0:
             self.pos = pos + 1
-            return major, info, info
+            return initial, info
         if info > 27:
-            if info == 31 and major in (2, 3, 4, 5):
-                self.malformed("indefinite-length items are not accepted")
-            self.malformed("reserved or invalid additional information")
-        width = 1 << (info - 24)
-        end = pos + 1 + width
-        if end > len(data):
-            self.malformed("unexpected end of data")
-        argument = int.from_bytes(data[pos + 1 : end], "big")
-        if self.deterministic and _head_size(argument) != 1 + width:
-            self.fail("not-deterministic", f"non-shortest head at byte {pos}")
+            if info == 31 and 0x40 <= initial < 0xC0:
+                raise self.malformed("indefinite-length items are not accepted")
+            raise self.malformed("reserved or invalid additional information")
+        end = pos + 1 + (1 << (info - 24))
+        if end > self.end:
+            raise self.malformed("unexpected end of data")
+        argument = int.from_bytes(self.data[pos + 1 : end], "big")
+        if self.deterministic and argument < _SHORTEST_FROM[info]:
+            raise _RefusalError("not-deterministic", f"non-shortest head at byte {pos}")
         self.pos = end
-        return major, info, argument
+        return initial, argument
 
-    def count(self) -> None:
-        """Count one data item against the total limit."""
-        self.items += 1
-        if self.items > self.max_total:
-            self.fail("too-large", f"more than {self.max_total} data items in all")
-
-    def string(self, length: int) -> bytes:
-        """Return the next ``length`` payload bytes after checking the limits and what is left."""
-        end = self.pos + length
-        if end > len(self.data):
-            self.malformed("string runs past the end of data")
+    def payload(self, length: int) -> bytes:
+        """Return the next ``length`` bytes after checking what is left and the string limit."""
+        start = self.pos
+        end = start + length
+        if end > self.end:
+            raise self.malformed("string runs past the end of data")
         if length > self.max_string:
-            self.fail("too-large", f"string longer than {self.max_string} bytes")
-        chunk = self.data[self.pos : end]
+            raise _RefusalError("too-large", f"string longer than {self.max_string} bytes")
         self.pos = end
-        return chunk
+        self.size += length + (1 if length < 24 else _head_size(length))
+        return self.data[start:end]
 
     def text(self, length: int) -> str:
         """Return the next text string payload decoded as strict UTF-8."""
         start = self.pos
+        end = start + length
+        if end > self.end:
+            raise self.malformed("string runs past the end of data")
+        if length > self.max_string:
+            raise _RefusalError("too-large", f"string longer than {self.max_string} bytes")
+        self.pos = end
+        self.size += length + (1 if length < 24 else _head_size(length))
         try:
-            return self.string(length).decode("utf-8")
+            return self.data[start:end].decode("utf-8")
         except UnicodeDecodeError as error:
-            self.pos = start + error.start
-            self.malformed("invalid UTF-8 in text string")
+            raise self.malformed("invalid UTF-8 in text string", start + error.start) from None
 
-    def container_length(self, length: int, slots: int, depth: int) -> None:
-        """Check a declared array/map length (``slots`` items per entry) before reading it."""
-        if depth > self.max_depth:
-            self.fail("too-deep", f"nesting deeper than {self.max_depth} levels")
-        if length * slots > len(self.data) - self.pos:
-            self.malformed("container runs past the end of data")
-        if length > self.max_items:
-            self.fail("too-large", f"more than {self.max_items} items in one container")
-
-    def item(self, depth: int) -> tuple[Value, int]:
-        """Read one data item at nesting ``depth``; return it and its deterministic size."""
-        self.count()
-        major, info, argument = self.head()
-        if major == 0:
-            return argument, _head_size(argument)
-        if major == 1:
-            if argument > _INT64_NEGATIVE_MAX:
-                self.fail("unsupported-type", "integer outside [-2**63, 2**64-1]")
-            return -1 - argument, _head_size(argument)
-        if major == 2:
-            return self.string(argument), _head_size(argument) + argument
+    def item(self, depth: int) -> Value:
+        """Read one data item found at nesting ``depth``."""
+        self.items += 1
+        if self.items > self.max_total:
+            raise _RefusalError("too-large", f"more than {self.max_total} data items in all")
+        pos = self.pos
+        if pos >= self.end:
+            raise self.malformed("unexpected end of data")
+        initial = self.data[pos]
+        argument = initial & 0x1F
+        if argument < 24 or initial >= 0xE0:
+            self.pos = pos + 1  # the common one-byte head, read inline
+        else:
+            initial, argument = self.head()
+        major = initial >> 5
         if major == 3:
-            return self.text(argument), _head_size(argument) + argument
-        if major == 4:
-            return self.array(argument, depth + 1)
+            return self.text(argument)
+        if major == 0:
+            self.size += 1 if argument < 24 else _head_size(argument)
+            return argument
         if major == 5:
             return self.map(argument, depth + 1)
+        if major == 4:
+            return self.array(argument, depth + 1)
+        if major == 1:
+            if argument > _INT64_NEGATIVE_MAX:
+                raise _RefusalError("unsupported-type", "integer outside [-2**63, 2**64-1]")
+            self.size += 1 if argument < 24 else _head_size(argument)
+            return -1 - argument
+        if major == 2:
+            return self.payload(argument)
         if major == 6:
-            self.fail("unsupported-type", "CBOR tags are not allowed")
-        return self.simple(info)
+            raise _RefusalError("unsupported-type", "CBOR tags are not allowed")
+        return self.simple(argument)
 
-    def simple(self, info: int) -> tuple[Value, int]:
+    def simple(self, info: int) -> Value:
         """Return false, true or null for major type 7; refuse every other simple value."""
-        if info == 20:
-            return False, 1
-        if info == 21:
-            return True, 1
-        if info == 22:
-            return None, 1
-        self.pos -= 1
+        if 20 <= info <= 22:
+            self.size += 1
+            return (False, True, None)[info - 20]
+        at = self.pos - 1
         if info == 23:
-            self.fail("unsupported-type", "undefined is not allowed")
-        if info < 24:
-            self.fail("unsupported-type", "simple values are not allowed")
-        if info == 24:
-            self.fail("unsupported-type", "simple values are not allowed")
+            raise _RefusalError("unsupported-type", "undefined is not allowed")
+        if info <= 24:
+            raise _RefusalError("unsupported-type", "simple values are not allowed")
         if info <= 27:
-            self.fail("float-not-allowed", "floats are not allowed")
+            raise _RefusalError("float-not-allowed", "floats are not allowed")
         if info == 31:
-            self.malformed("break outside an indefinite-length item")
-        raise self.malformed_error("reserved additional information")
+            raise self.malformed("break outside an indefinite-length item", at)
+        raise self.malformed("reserved additional information", at)
 
-    def array(self, length: int, depth: int) -> tuple[list[Value], int]:
+    def container(self, length: int, slots: int, depth: int) -> None:
+        """Check a declared array/map length (``slots`` items per entry) before reading it."""
+        if depth > self.max_depth:
+            raise _RefusalError("too-deep", f"nesting deeper than {self.max_depth} levels")
+        if length * slots > self.end - self.pos:
+            raise self.malformed("container runs past the end of data")
+        if length > self.max_items:
+            raise _RefusalError("too-large", f"more than {self.max_items} items in one container")
+        self.size += 1 if length < 24 else _head_size(length)
+
+    def array(self, length: int, depth: int) -> list[Value]:
         """Read ``length`` array elements at nesting ``depth``."""
-        self.container_length(length, 1, depth)
+        self.container(length, 1, depth)
         result: list[Value] = []
-        size = _head_size(length)
-        path = self.path
+        item = self.item
         for index in range(length):
-            path.append(index)
-            element, element_size = self.item(depth)
-            path.pop()
-            result.append(element)
-            size += element_size
-        return result, size
+            try:
+                result.append(item(depth))
+            except _RefusalError as refusal:
+                refusal.path.append(index)
+                raise
+        return result
 
-    def map(self, length: int, depth: int) -> tuple[dict[str, Value], int]:
+    def key(self) -> str:
+        """Read a map key, which must be a text string."""
+        self.items += 1
+        if self.items > self.max_total:
+            raise _RefusalError("too-large", f"more than {self.max_total} data items in all")
+        pos = self.pos
+        if pos >= self.end:
+            raise self.malformed("unexpected end of data")
+        initial = self.data[pos]
+        if initial >> 5 != 3:
+            raise _RefusalError("unsupported-type", "map keys must be text strings")
+        if initial < 0x78:
+            self.pos = pos + 1  # one-byte head: keys shorter than 24 bytes
+            return self.text(initial & 0x1F)
+        _, length = self.head()
+        return self.text(length)
+
+    def map(self, length: int, depth: int) -> dict[str, Value]:
         """Read ``length`` map pairs at nesting ``depth``; keys must be unique text strings."""
-        self.container_length(length, 2, depth)
+        self.container(length, 2, depth)
         result: dict[str, Value] = {}
-        size = _head_size(length)
-        path = self.path
         data = self.data
         previous_key = b""
+        item = self.item
         for _ in range(length):
-            self.count()
             key_start = self.pos
-            if key_start < len(data) and data[key_start] >> 5 != 3:
-                self.fail("unsupported-type", "map keys must be text strings")
-            _, _, key_length = self.head()
-            key = self.text(key_length)
+            key = self.key()
             if key in result:
-                self.fail("duplicate-key", "duplicate map key", key)
+                refusal = _RefusalError("duplicate-key", "duplicate map key")
+                refusal.path.append(key)
+                raise refusal
             if self.deterministic:
                 encoded_key = data[key_start : self.pos]
                 if encoded_key <= previous_key:
-                    self.fail("not-deterministic", "map keys are not in bytewise order", key)
+                    refusal = _RefusalError("not-deterministic", "map keys out of bytewise order")
+                    refusal.path.append(key)
+                    raise refusal
                 previous_key = encoded_key
-            path.append(key)
-            value, value_size = self.item(depth)
-            path.pop()
-            result[key] = value
-            size += _head_size(key_length) + key_length + value_size
-        return result, size
+            try:
+                result[key] = item(depth)
+            except _RefusalError as refusal:
+                refusal.path.append(key)
+                raise
+        return result
 
-    def finish(self) -> None:
-        """Refuse bytes left after the top-level item."""
-        if self.pos != len(self.data):
-            self.path.clear()
-            self.malformed("trailing bytes after the data item")
+    def read(self) -> Value:
+        """Read the one top-level item and refuse anything after it."""
+        try:
+            value = self.item(0)
+            if self.pos != self.end:
+                raise self.malformed("trailing bytes after the data item")
+        except _RefusalError as refusal:
+            raise refusal.to_error() from None
+        return value
 
 
 def _event_reader(data: bytes, limits: Limits) -> _CBORReader:
@@ -787,9 +924,8 @@ def _decode_cbor_event(data: bytes, limits: Limits) -> dict[str, Value]:
         # Refuse before reading: the top level must be a map, whatever follows.
         raise CodecError("bad-event", "an event must be a map with text keys", "")
     reader = _event_reader(data, limits)
-    value, size = reader.item(0)
-    reader.finish()
-    return _check_event(value, limits, lambda: size)
+    value = reader.read()
+    return _check_event(value, limits, lambda: reader.size)
 
 
 def decode_cbor(body: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Value]:
@@ -875,11 +1011,11 @@ def decode_cbor_batch(
         raise CodecError("bad-cbor", "empty body")
     if data[0] >> 5 != 4:
         raise CodecError("bad-event", "a batch must be an array of events", "")
-    reader = _CBORReader(
-        data, max_depth=1, max_items=limits.max_batch_events, max_string=0, max_total=1,
-        deterministic=False,
-    )
-    _, _, count = reader.head()
+    reader = _event_reader(data, limits)
+    try:
+        _, count = reader.head()
+    except _RefusalError as refusal:
+        raise refusal.to_error() from None
     if count > limits.max_batch_events:
         raise CodecError("too-large", f"more than {limits.max_batch_events} events in one batch")
     bounds: list[tuple[int, int]] = []
@@ -924,9 +1060,7 @@ def decode_deterministic(data: bytes) -> Value:
         max_total=len(data) + 1,
         deterministic=True,
     )
-    value, _ = reader.item(0)
-    reader.finish()
-    return value
+    return reader.read()
 
 
 # --- output ---------------------------------------------------------------------------------
