@@ -23,8 +23,12 @@ from server.storage import (
     Batch,
     CheckpointConflict,
     IntegrityError,
+    LookupHit,
     NewEntry,
+    OAuthStorage,
     PostgresStorage,
+    Principal,
+    PrincipalKey,
     SQLiteStorage,
     Storage,
     StorageError,
@@ -636,3 +640,136 @@ def test_open_storage_chooses_the_backend(tmp_path: Path) -> None:
     for bad in ("mysql://u@h/db", "sqlite://", "", ":memory:", "sqlite://:memory:"):
         with pytest.raises(ValueError, match=r"storage|SQLite"):
             open_storage(bad)
+
+
+# -- principals and entry lookups (OAuthStorage) -------------------------------------------
+
+
+def oauth(storage: Storage) -> SQLiteStorage | PostgresStorage:
+    """The same backend, whose type also implements the OAuth layer's protocol."""
+    assert isinstance(storage, SQLiteStorage | PostgresStorage)
+    return storage
+
+
+def as_oauth_storage(storage: SQLiteStorage | PostgresStorage) -> OAuthStorage:
+    """Both backends satisfy OAuthStorage (checked by mypy here)."""
+    return storage
+
+
+def principal(role: str, name: str, fill: int, *keys: PrincipalKey) -> Principal:
+    return Principal(role, name, bytes([fill]) * HASH, "active", 1_000 + fill, tuple(keys))
+
+
+EVENT_KEY = PrincipalKey("k-event", "event", "Ed25519", b"\x01" * 32, 5, None, None)
+SET_KEY = PrincipalKey("k-set", "set", "ES256", b"\x30" * 91, 6, 2**40, "https://as.example")
+
+
+async def test_principals_round_trip(storage: Storage) -> None:
+    store = as_oauth_storage(oauth(storage))
+    alice = principal("submitter", "as-prod", 1, EVENT_KEY, SET_KEY)
+    reader = principal("reader", "auditor", 2)
+    await store.add_principal(alice)
+    await store.add_principal(reader)
+    assert await store.get_principal("submitter", "as-prod") == alice
+    assert await store.get_principal("reader", "as-prod") is None
+    assert await store.find_principal(bytes([2]) * HASH) == reader
+    assert await store.find_principal(bytes([9]) * HASH) is None
+    assert await store.list_principals("submitter") == [alice]
+    assert await store.list_principals("reader") == [reader]
+    # Same name in another role is another principal.
+    other = principal("reader", "as-prod", 3)
+    await store.add_principal(other)
+    assert await store.list_principals("reader") == [other, reader]  # ordered by name
+
+
+async def test_principal_uniqueness_and_validation(storage: Storage) -> None:
+    store = oauth(storage)
+    await store.add_principal(principal("submitter", "as-prod", 1, EVENT_KEY))
+    with pytest.raises(IntegrityError):
+        await store.add_principal(principal("submitter", "as-prod", 2))  # name taken
+    with pytest.raises(IntegrityError):
+        await store.add_principal(principal("reader", "someone", 1))  # credential hash taken
+    bad = [
+        principal("admin", "x", 4),
+        principal("submitter", "", 4),
+        principal("submitter", "-x", 4),
+        principal("submitter", "x y", 4),
+        principal("submitter", "x" * 65, 4),
+        principal("submitter", "\u00e9", 4),
+        Principal("submitter", "x", b"\x04" * 31, "active", 0),
+        Principal("submitter", "x", b"\x04" * 32, "paused", 0),
+        Principal("submitter", "x", b"\x04" * 32, "active", -1),
+        principal("submitter", "x", 4, EVENT_KEY, EVENT_KEY),
+        principal("submitter", "x", 4, PrincipalKey("k", "event", "RS256", b"k", 0)),
+        principal("submitter", "x", 4, PrincipalKey("k", "set", "none", b"k", 0)),
+        principal("submitter", "x", 4, PrincipalKey("k", "set", "ES256", b"", 0)),
+        principal("submitter", "x", 4, PrincipalKey("k y", "set", "ES256", b"k", 0)),
+    ]
+    for item in bad:
+        with pytest.raises(IntegrityError):
+            await store.add_principal(item)
+    assert [p.name for p in await store.list_principals("submitter")] == ["as-prod"]
+    assert await store.list_principals("reader") == []
+
+
+async def test_principal_keys_and_status(storage: Storage) -> None:
+    store = oauth(storage)
+    await store.add_principal(principal("submitter", "as-prod", 1, EVENT_KEY))
+    await store.add_principal_key("submitter", "as-prod", SET_KEY)
+    found = await store.get_principal("submitter", "as-prod")
+    assert found is not None
+    assert found.keys == (EVENT_KEY, SET_KEY)
+    with pytest.raises(IntegrityError):
+        await store.add_principal_key("submitter", "as-prod", SET_KEY)  # id taken
+    with pytest.raises(IntegrityError):
+        await store.add_principal_key("submitter", "nobody", SET_KEY)
+    assert await store.set_principal_status("submitter", "as-prod", "revoked")
+    revoked = await store.find_principal(bytes([1]) * HASH)
+    assert revoked is not None
+    assert revoked.status == "revoked"
+    assert not await store.set_principal_status("submitter", "nobody", "revoked")
+    with pytest.raises(IntegrityError):
+        await store.set_principal_status("submitter", "as-prod", "deleted")
+
+
+async def test_principals_survive_reopen(place: Place) -> None:
+    first = oauth(place.make())
+    await first.open()
+    try:
+        await first.add_principal(principal("submitter", "as-prod", 1, EVENT_KEY, SET_KEY))
+    finally:
+        await first.close()
+    second = oauth(place.make())
+    await second.open()
+    try:
+        assert await second.get_principal("submitter", "as-prod") == principal(
+            "submitter", "as-prod", 1, EVENT_KEY, SET_KEY
+        )
+    finally:
+        await second.close()
+
+
+async def test_lookup_entries_returns_times_and_bytes(storage: Storage) -> None:
+    store = oauth(storage)
+    model = LogModel()
+    datas = [f"entry {i}".encode() for i in range(6)]
+    lookups = [(("token_ref", "tr-a" if i % 2 else "tr-b"),) for i in range(6)]
+    times = [500 + i for i in range(6)]
+    await model.commit(storage, model.batch(datas, lookups=lookups, times=times))
+    hits = await store.lookup_entries("token_ref", "tr-a")
+    assert hits == [LookupHit(i, 500 + i, datas[i]) for i in (1, 3, 5)]
+    assert [h.index for h in await store.lookup_entries("token_ref", "tr-a", after=1, limit=1)] == [
+        3
+    ]
+    assert [h.index for h in await store.lookup_entries("token_ref", "tr-b", since_ms=502)] == [
+        2,
+        4,
+    ]
+    assert await store.lookup_entries("token_ref", "tr-b", until_ms=500) == []
+    assert await store.lookup_entries("token_ref", "\ud800") == []
+    for kind, value in [("token_ref", "tr-a"), ("token_ref", "tr-b")]:
+        assert [h.index for h in await store.lookup_entries(kind, value)] == await storage.lookup(
+            kind, value
+        )
+    with pytest.raises(ValueError, match="limit"):
+        await store.lookup_entries("token_ref", "tr-a", limit=0)

@@ -10,6 +10,11 @@ newest width only: a partial tile ``.p/W`` is the first ``W`` hashes of the stor
 latest signed checkpoint with the compact range at its size, the history of signed checkpoints
 by tree size, the latest checkpoint carrying witness cosignatures, and small metadata values.
 
+Beside the log itself, the OAuth layer stores principals (:class:`OAuthStorage`): submitters and
+readers, each a name, the SHA-256 hash of its bearer credential (never the credential), a status
+and, for submitters, public keys (Ed25519 keys for signed events, JWKs or PEM keys for SETs).
+Both backends implement both protocols; :class:`Storage` alone is what the log engine needs.
+
 The latest checkpoint is replaced only by :meth:`Storage.commit`, a compare-and-swap against the
 previous one in the same transaction that stores the entries and tiles it covers (invariant 1).
 
@@ -29,23 +34,33 @@ bytes, so any string without lone surrogates is accepted, including ``"\\x00"`` 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
     "HASH_SIZE",
+    "KEY_USAGES",
     "MAX_TIME_MS",
+    "ROLES",
+    "STATUSES",
     "Batch",
     "CheckpointConflict",
     "IntegrityError",
     "LogState",
+    "LookupHit",
     "NewEntry",
+    "OAuthStorage",
+    "Principal",
+    "PrincipalKey",
     "Storage",
     "StorageError",
     "StorageUnavailable",
     "TileKey",
     "check_batch",
+    "check_principal",
+    "check_principal_key",
     "encode_key",
 ]
 
@@ -66,6 +81,18 @@ MIN_TILE_LEVEL = -1
 
 MAX_TILE_LEVEL = 63
 """Largest tile level a 64-bit tree can have."""
+
+ROLES = ("submitter", "reader")
+"""Principal roles: a submitter appends events, a reader may read entry contents."""
+
+STATUSES = ("active", "revoked")
+"""Principal statuses; a revoked principal keeps its name (it is never reused)."""
+
+KEY_USAGES = ("event", "set")
+"""What a principal key verifies: signed events (Ed25519) or SETs (JWS)."""
+
+KEY_ALGORITHMS = {"event": ("Ed25519",), "set": ("EdDSA", "ES256", "RS256")}
+"""Algorithms allowed for each key usage (JOSE names for SET keys, RFC 7518 / RFC 8037)."""
 
 TileKey = tuple[int, int]
 """A tile's storage key ``(level, index)``, e.g. ``(0, 1234)`` for ``tile/0/x001/234``."""
@@ -266,6 +293,150 @@ class Storage(Protocol):
 
 
 # -- helpers shared by the backends ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalKey:
+    """A public key registered for a principal.
+
+    ``key_id`` is unique per principal (the RFC 7638 JWK thumbprint, or the JWK's ``kid``);
+    ``usage`` is ``"event"`` (``algorithm`` ``"Ed25519"``, ``public_key`` the raw 32 bytes) or
+    ``"set"`` (``algorithm`` ``"EdDSA"``, ``"ES256"`` or ``"RS256"``, ``public_key`` the DER
+    SubjectPublicKeyInfo); ``not_after_ms`` ends its validity (POSIX ms, ``None``: no expiry);
+    ``issuer`` (SET keys) is the only ``iss`` that SETs verified with it may carry.
+    """
+
+    key_id: str
+    usage: str
+    algorithm: str
+    public_key: bytes
+    created_ms: int
+    not_after_ms: int | None = None
+    issuer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A submitter or reader: its name, credential hash, status, creation time and keys."""
+
+    role: str
+    name: str
+    credential_hash: bytes
+    status: str
+    created_ms: int
+    keys: tuple[PrincipalKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LookupHit:
+    """One entry found by a lookup key: its index, log time and exact leaf bytes."""
+
+    index: int
+    log_time: int
+    data: bytes
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_KEY_ID = re.compile(r"[\x21-\x7e]{1,128}\Z")
+
+
+def check_principal_key(key: PrincipalKey) -> None:
+    """Check a key's fields. Raises ``IntegrityError`` naming the first bad one."""
+    if not _KEY_ID.match(key.key_id):
+        raise IntegrityError("a key id is 1 to 128 printable ASCII characters")
+    if key.usage not in KEY_ALGORITHMS or key.algorithm not in KEY_ALGORITHMS[key.usage]:
+        raise IntegrityError(f"key {key.key_id}: bad usage or algorithm")
+    if not key.public_key or len(key.public_key) > 4096:
+        raise IntegrityError(f"key {key.key_id}: public key must be 1 to 4096 bytes")
+    for value in (key.created_ms, key.not_after_ms):
+        if value is not None and not 0 <= value <= MAX_TIME_MS:
+            raise IntegrityError(f"key {key.key_id}: time out of range")
+    if key.issuer is not None and (not key.issuer or len(key.issuer) > 512):
+        raise IntegrityError(f"key {key.key_id}: issuer must be 1 to 512 characters")
+    if key.issuer is not None:
+        encode_key(key.issuer)
+
+
+def check_principal(principal: Principal) -> None:
+    """Check a principal's fields and keys. Raises ``IntegrityError`` naming the first bad one.
+
+    Names are 1 to 64 characters ``[A-Za-z0-9._-]`` starting with a letter or digit.
+    """
+    if principal.role not in ROLES:
+        raise IntegrityError("role must be submitter or reader")
+    if not _NAME.match(principal.name):
+        raise IntegrityError("a name is 1 to 64 characters of A-Z a-z 0-9 . _ - (no leading . _ -)")
+    if len(principal.credential_hash) != HASH_SIZE:
+        raise IntegrityError("a credential hash is 32 bytes")
+    if principal.status not in STATUSES:
+        raise IntegrityError("status must be active or revoked")
+    if not 0 <= principal.created_ms <= MAX_TIME_MS:
+        raise IntegrityError("creation time out of range")
+    ids = [key.key_id for key in principal.keys]
+    if len(set(ids)) != len(ids):
+        raise IntegrityError("a key id appears twice")
+    for key in principal.keys:
+        check_principal_key(key)
+
+
+class OAuthStorage(Protocol):
+    """What the OAuth layer stores beside the log: principals, and lookups with entry data.
+
+    Implemented by both backends next to :class:`Storage`. Every method may raise
+    :class:`StorageUnavailable`, and :class:`StorageError` when used while closed.
+    """
+
+    async def add_principal(self, principal: Principal) -> None:
+        """Store a new principal with its keys, in one transaction.
+
+        Raises ``IntegrityError`` (nothing stored) if the (role, name) or the credential hash
+        is already stored, or a field is invalid (:func:`check_principal`).
+        """
+        ...
+
+    async def add_principal_key(self, role: str, name: str, key: PrincipalKey) -> None:
+        """Add a key to a stored principal.
+
+        Raises ``IntegrityError`` if the principal does not exist, already has a key with this
+        id, or the key is invalid.
+        """
+        ...
+
+    async def get_principal(self, role: str, name: str) -> Principal | None:
+        """Return the principal with this role and name (keys included), or ``None``."""
+        ...
+
+    async def find_principal(self, credential_hash: bytes) -> Principal | None:
+        """Return the principal whose credential has this SHA-256 hash, or ``None``."""
+        ...
+
+    async def list_principals(self, role: str) -> list[Principal]:
+        """Return every principal of ``role`` (keys included), ordered by name."""
+        ...
+
+    async def set_principal_status(self, role: str, name: str, status: str) -> bool:
+        """Set a principal's status; return whether it exists.
+
+        Raises ``IntegrityError`` for a status other than those of :data:`STATUSES`.
+        """
+        ...
+
+    async def lookup_entries(
+        self,
+        kind: str,
+        value: str,
+        *,
+        after: int = -1,
+        limit: int = 100,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> list[LookupHit]:
+        """Return what :meth:`Storage.lookup` finds, each with its log time and leaf bytes.
+
+        Same order, bounds and paging as :meth:`Storage.lookup`. Raises ``ValueError`` if
+        ``limit < 1``.
+        """
+        ...
 
 
 def encode_key(text: str) -> bytes:

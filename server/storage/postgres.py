@@ -42,15 +42,21 @@ import asyncpg
 from server.storage.base import (
     MAX_TILE_LEVEL,
     MIN_TILE_LEVEL,
+    STATUSES,
     Batch,
     CheckpointConflict,
     IntegrityError,
     LogState,
+    LookupHit,
+    Principal,
+    PrincipalKey,
     StorageError,
     StorageUnavailable,
     TileKey,
     check_batch,
     check_limit,
+    check_principal,
+    check_principal_key,
     check_read_range,
     clamp64,
     encode_key,
@@ -120,6 +126,30 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             value bytea NOT NULL
         )""",
     ),
+    # Version 1 -> 2: principals (submitters, readers) and their public keys.
+    (
+        """CREATE TABLE principals (
+            role text NOT NULL,
+            name text NOT NULL,
+            credential_hash bytea NOT NULL UNIQUE CHECK (length(credential_hash) = 32),
+            status text NOT NULL CHECK (status IN ('active', 'revoked')),
+            created_ms bigint NOT NULL,
+            PRIMARY KEY (role, name)
+        )""",
+        """CREATE TABLE principal_keys (
+            role text NOT NULL,
+            name text NOT NULL,
+            key_id text NOT NULL,
+            usage text NOT NULL,
+            algorithm text NOT NULL,
+            public_key bytea NOT NULL,
+            created_ms bigint NOT NULL,
+            not_after_ms bigint,
+            issuer text,
+            PRIMARY KEY (role, name, key_id),
+            FOREIGN KEY (role, name) REFERENCES principals (role, name)
+        )""",
+    ),
 )
 """``_MIGRATIONS[v]`` holds the statements that take the schema from version ``v`` to ``v + 1``."""
 
@@ -142,6 +172,27 @@ _UPSERT_TILES = """
 
 _INSERT_CHECKPOINT = """
     INSERT INTO checkpoints (tree_size, note) VALUES ($1, $2) ON CONFLICT (tree_size) DO NOTHING
+"""
+
+_INSERT_KEY = """
+    INSERT INTO principal_keys (role, name, key_id, usage, algorithm, public_key, created_ms,
+                                not_after_ms, issuer)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+_SELECT_PRINCIPALS = {
+    "name": "SELECT role, name, credential_hash, status, created_ms FROM principals"
+    " WHERE role = $1 AND name = $2",
+    "credential": "SELECT role, name, credential_hash, status, created_ms FROM principals"
+    " WHERE credential_hash = $1",
+    "role": "SELECT role, name, credential_hash, status, created_ms FROM principals"
+    " WHERE role = $1 ORDER BY name",
+}
+"""The principal queries, by what they select on."""
+
+_SELECT_KEYS = """
+    SELECT role, name, key_id, usage, algorithm, public_key, created_ms, not_after_ms, issuer
+    FROM principal_keys WHERE (role, name) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+    ORDER BY created_ms, key_id
 """
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -629,3 +680,171 @@ class PostgresStorage:
             )
 
         await self._run(put)
+
+    # -- principals and entry lookups (OAuthStorage) ---------------------------------------
+
+    async def add_principal(self, principal: Principal) -> None:
+        """Store a new principal and its keys in one transaction.
+
+        Raises ``IntegrityError`` (nothing stored) for a taken name or credential hash, or an
+        invalid field.
+        """
+        check_principal(principal)
+
+        async def add(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO principals (role, name, credential_hash, status, created_ms)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    principal.role,
+                    principal.name,
+                    principal.credential_hash,
+                    principal.status,
+                    principal.created_ms,
+                )
+                for key in principal.keys:
+                    await _insert_key(conn, principal.role, principal.name, key)
+
+        await self._run(add)
+
+    async def add_principal_key(self, role: str, name: str, key: PrincipalKey) -> None:
+        """Add a key to a stored principal.
+
+        Raises ``IntegrityError`` for an unknown principal, a taken key id or an invalid key.
+        """
+        check_principal_key(key)
+
+        async def add(conn: Any) -> None:
+            async with conn.transaction():
+                found = await conn.fetchval(
+                    "SELECT 1 FROM principals WHERE role = $1 AND name = $2", role, name
+                )
+                if found is None:
+                    raise IntegrityError(f"no {role} named {name}")
+                await _insert_key(conn, role, name, key)
+
+        await self._run(add)
+
+    async def _principals(self, by: str, *params: object) -> list[Principal]:
+        """Return the principals of query ``_SELECT_PRINCIPALS[by]``, each with its keys."""
+
+        async def read(conn: Any) -> list[Principal]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                rows = await conn.fetch(_SELECT_PRINCIPALS[by], *params)
+                if not rows:
+                    return []
+                key_rows = await conn.fetch(
+                    _SELECT_KEYS, [r["role"] for r in rows], [r["name"] for r in rows]
+                )
+            keys: dict[tuple[str, str], list[PrincipalKey]] = {}
+            for k in key_rows:
+                keys.setdefault((k["role"], k["name"]), []).append(
+                    PrincipalKey(
+                        k["key_id"],
+                        k["usage"],
+                        k["algorithm"],
+                        bytes(k["public_key"]),
+                        int(k["created_ms"]),
+                        None if k["not_after_ms"] is None else int(k["not_after_ms"]),
+                        k["issuer"],
+                    )
+                )
+            return [
+                Principal(
+                    r["role"],
+                    r["name"],
+                    bytes(r["credential_hash"]),
+                    r["status"],
+                    int(r["created_ms"]),
+                    tuple(keys.get((r["role"], r["name"]), ())),
+                )
+                for r in rows
+            ]
+
+        return await self._run(read)
+
+    async def get_principal(self, role: str, name: str) -> Principal | None:
+        """Return the principal with this role and name, keys included, or ``None``."""
+        found = await self._principals("name", role, name)
+        return found[0] if found else None
+
+    async def find_principal(self, credential_hash: bytes) -> Principal | None:
+        """Return the principal whose credential hash this is, or ``None``."""
+        found = await self._principals("credential", credential_hash)
+        return found[0] if found else None
+
+    async def list_principals(self, role: str) -> list[Principal]:
+        """Return every principal of ``role``, keys included, ordered by name."""
+        return await self._principals("role", role)
+
+    async def set_principal_status(self, role: str, name: str, status: str) -> bool:
+        """Set a principal's status; return whether it exists. Raises ``IntegrityError``."""
+        if status not in STATUSES:
+            raise IntegrityError("status must be active or revoked")
+
+        async def update(conn: Any) -> bool:
+            result = await conn.execute(
+                "UPDATE principals SET status = $1 WHERE role = $2 AND name = $3",
+                status,
+                role,
+                name,
+            )
+            return _row_count(result) == 1
+
+        return await self._run(update)
+
+    async def lookup_entries(
+        self,
+        kind: str,
+        value: str,
+        *,
+        after: int = -1,
+        limit: int = 100,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> list[LookupHit]:
+        """Return the entries :meth:`lookup` finds, with their log times and leaf bytes.
+
+        Raises ``ValueError`` if ``limit < 1``.
+        """
+        after, limit, low, high = lookup_bounds(after, limit, since_ms, until_ms)
+        try:
+            kind_key, value_key = encode_key(kind), encode_key(value)
+        except IntegrityError:
+            return []
+
+        async def find(conn: Any) -> list[LookupHit]:
+            rows = await conn.fetch(
+                "SELECT k.leaf_index, k.log_time, e.data FROM lookup_keys AS k"
+                " JOIN entries AS e ON e.leaf_index = k.leaf_index"
+                " WHERE k.kind = $1 AND k.value = $2 AND k.leaf_index > $3"
+                " AND k.log_time >= $4 AND k.log_time < $5"
+                " ORDER BY k.leaf_index LIMIT $6",
+                kind_key,
+                value_key,
+                after,
+                low,
+                high,
+                limit,
+            )
+            return [
+                LookupHit(int(r["leaf_index"]), int(r["log_time"]), bytes(r["data"])) for r in rows
+            ]
+
+        return await self._run(find)
+
+
+async def _insert_key(conn: Any, role: str, name: str, key: PrincipalKey) -> None:
+    """Insert one principal key (inside the caller's transaction)."""
+    await conn.execute(
+        _INSERT_KEY,
+        role,
+        name,
+        key.key_id,
+        key.usage,
+        key.algorithm,
+        key.public_key,
+        key.created_ms,
+        key.not_after_ms,
+        key.issuer,
+    )

@@ -21,20 +21,26 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from server.storage.base import (
     MAX_TILE_LEVEL,
     MIN_TILE_LEVEL,
+    STATUSES,
     Batch,
     CheckpointConflict,
     IntegrityError,
     LogState,
+    LookupHit,
+    Principal,
+    PrincipalKey,
     StorageError,
     StorageUnavailable,
     TileKey,
     check_batch,
     check_limit,
+    check_principal,
+    check_principal_key,
     check_read_range,
     clamp64,
     encode_key,
@@ -96,6 +102,30 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE meta (
             key BLOB PRIMARY KEY,
             value BLOB NOT NULL
+        ) STRICT, WITHOUT ROWID""",
+    ),
+    # Version 1 -> 2: principals (submitters, readers) and their public keys.
+    (
+        """CREATE TABLE principals (
+            role TEXT NOT NULL,
+            name TEXT NOT NULL,
+            credential_hash BLOB NOT NULL UNIQUE CHECK (length(credential_hash) = 32),
+            status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+            created_ms INTEGER NOT NULL,
+            PRIMARY KEY (role, name)
+        ) STRICT, WITHOUT ROWID""",
+        """CREATE TABLE principal_keys (
+            role TEXT NOT NULL,
+            name TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            usage TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            public_key BLOB NOT NULL,
+            created_ms INTEGER NOT NULL,
+            not_after_ms INTEGER,
+            issuer TEXT,
+            PRIMARY KEY (role, name, key_id),
+            FOREIGN KEY (role, name) REFERENCES principals (role, name)
         ) STRICT, WITHOUT ROWID""",
     ),
 )
@@ -610,6 +640,183 @@ class SQLiteStorage:
             )
 
         await self._write().run(put)
+
+    # -- principals and entry lookups (OAuthStorage) ---------------------------------------
+
+    async def add_principal(self, principal: Principal) -> None:
+        """Store a new principal and its keys in one transaction.
+
+        Raises ``IntegrityError`` (nothing stored) for a taken name or credential hash, or an
+        invalid field.
+        """
+        check_principal(principal)
+
+        def add(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO principals (role, name, credential_hash, status, created_ms)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        principal.role,
+                        principal.name,
+                        principal.credential_hash,
+                        principal.status,
+                        principal.created_ms,
+                    ),
+                )
+                for key in principal.keys:
+                    _insert_key(conn, principal.role, principal.name, key)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+        await self._write().run(add)
+
+    async def add_principal_key(self, role: str, name: str, key: PrincipalKey) -> None:
+        """Add a key to a stored principal.
+
+        Raises ``IntegrityError`` for an unknown principal, a taken key id or an invalid key.
+        """
+        check_principal_key(key)
+
+        def add(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                found = conn.execute(
+                    "SELECT 1 FROM principals WHERE role = ? AND name = ?", (role, name)
+                ).fetchone()
+                if found is None:
+                    raise IntegrityError(f"no {role} named {name}")
+                _insert_key(conn, role, name, key)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+        await self._write().run(add)
+
+    async def get_principal(self, role: str, name: str) -> Principal | None:
+        """Return the principal with this role and name, keys included, or ``None``."""
+
+        def read(conn: sqlite3.Connection) -> Principal | None:
+            rows = _principal_rows(conn, "name", (role, name))
+            return rows[0] if rows else None
+
+        return await self._read().run(lambda conn: _snapshot(conn, read))
+
+    async def find_principal(self, credential_hash: bytes) -> Principal | None:
+        """Return the principal whose credential hash this is, or ``None``."""
+
+        def read(conn: sqlite3.Connection) -> Principal | None:
+            rows = _principal_rows(conn, "credential", (credential_hash,))
+            return rows[0] if rows else None
+
+        return await self._read().run(lambda conn: _snapshot(conn, read))
+
+    async def list_principals(self, role: str) -> list[Principal]:
+        """Return every principal of ``role``, keys included, ordered by name."""
+        return await self._read().run(
+            lambda conn: _snapshot(conn, lambda c: _principal_rows(c, "role", (role,)))
+        )
+
+    async def set_principal_status(self, role: str, name: str, status: str) -> bool:
+        """Set a principal's status; return whether it exists. Raises ``IntegrityError``."""
+        if status not in STATUSES:
+            raise IntegrityError("status must be active or revoked")
+
+        def update(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE principals SET status = ? WHERE role = ? AND name = ?",
+                (status, role, name),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write().run(update)
+
+    async def lookup_entries(
+        self,
+        kind: str,
+        value: str,
+        *,
+        after: int = -1,
+        limit: int = 100,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> list[LookupHit]:
+        """Return the entries :meth:`lookup` finds, with their log times and leaf bytes.
+
+        Raises ``ValueError`` if ``limit < 1``.
+        """
+        after, limit, low, high = lookup_bounds(after, limit, since_ms, until_ms)
+        try:
+            params = (encode_key(kind), encode_key(value), after, low, high, limit)
+        except IntegrityError:
+            return []
+
+        def find(conn: sqlite3.Connection) -> list[LookupHit]:
+            rows = conn.execute(
+                "SELECT k.leaf_index, k.log_time, e.data FROM lookup_keys AS k"
+                " JOIN entries AS e ON e.leaf_index = k.leaf_index"
+                " WHERE k.kind = ? AND k.value = ? AND k.leaf_index > ?"
+                " AND k.log_time >= ? AND k.log_time < ?"
+                " ORDER BY k.leaf_index LIMIT ?",
+                params,
+            )
+            return [LookupHit(index, log_time, data) for index, log_time, data in rows]
+
+        return await self._read().run(find)
+
+
+def _insert_key(conn: sqlite3.Connection, role: str, name: str, key: PrincipalKey) -> None:
+    """Insert one principal key (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO principal_keys (role, name, key_id, usage, algorithm, public_key,"
+        " created_ms, not_after_ms, issuer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            role,
+            name,
+            key.key_id,
+            key.usage,
+            key.algorithm,
+            key.public_key,
+            key.created_ms,
+            key.not_after_ms,
+            key.issuer,
+        ),
+    )
+
+
+_SELECT_PRINCIPALS: Final = {
+    "name": "SELECT role, name, credential_hash, status, created_ms FROM principals"
+    " WHERE role = ? AND name = ?",
+    "credential": "SELECT role, name, credential_hash, status, created_ms FROM principals"
+    " WHERE credential_hash = ?",
+    "role": "SELECT role, name, credential_hash, status, created_ms FROM principals"
+    " WHERE role = ? ORDER BY name",
+}
+"""The principal queries, by what they select on."""
+
+_SELECT_KEYS: Final = (
+    "SELECT key_id, usage, algorithm, public_key, created_ms, not_after_ms, issuer"
+    " FROM principal_keys WHERE role = ? AND name = ? ORDER BY created_ms, key_id"
+)
+
+
+def _principal_rows(
+    conn: sqlite3.Connection, by: str, params: tuple[object, ...]
+) -> list[Principal]:
+    """Return the principals of query ``_SELECT_PRINCIPALS[by]``, each with its keys."""
+    found: list[Principal] = []
+    for role, name, credential_hash, status, created_ms in conn.execute(
+        _SELECT_PRINCIPALS[by], params
+    ).fetchall():
+        keys = tuple(
+            PrincipalKey(*row) for row in conn.execute(_SELECT_KEYS, (role, name)).fetchall()
+        )
+        found.append(Principal(role, name, credential_hash, status, created_ms, keys))
+    return found
 
 
 def _storable_tile(key: TileKey) -> bool:
