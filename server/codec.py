@@ -59,7 +59,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -593,14 +593,13 @@ def _check_event(value: object, limits: Limits, check: Callable[[], int]) -> dic
     if not isinstance(value, dict) and not is_duplicate:
         raise CodecError("bad-event", "an event must be a map with text keys", "")
     size = check()
-    assert isinstance(value, dict)
     if size > limits.max_entry_bytes:
         raise CodecError(
             "entry-too-large",
             f"the encoded event is {size} bytes; the limit is {limits.max_entry_bytes}",
             "",
         )
-    return value
+    return cast("dict[str, Value]", value)
 
 
 def _check_json_event(value: object, limits: Limits) -> dict[str, Value]:

@@ -37,7 +37,7 @@ from server.codec import (
     to_json_compatible,
 )
 
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -212,10 +212,14 @@ def containers(children: st.SearchStrategy[object]) -> st.SearchStrategy[object]
     )
 
 
-values = st.recursive(scalars, containers, max_leaves=25)
-json_values = st.recursive(json_scalars, containers, max_leaves=25)
-events = st.dictionaries(st.text(max_size=8), values, max_size=6)
-json_events = st.dictionaries(st.text(max_size=8), json_values, max_size=6)
+values = st.recursive(scalars, containers, max_leaves=20)
+json_values = st.recursive(json_scalars, containers, max_leaves=20)
+events = st.dictionaries(
+    st.text(max_size=8), st.recursive(scalars, containers, max_leaves=6), max_size=6
+)
+json_events = st.dictionaries(
+    st.text(max_size=8), st.recursive(json_scalars, containers, max_leaves=6), max_size=6
+)
 
 
 @SETTINGS
