@@ -34,6 +34,7 @@ message is defined over a checkpoint body.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -81,6 +82,19 @@ _timestamp = struct.Struct(">Q")
 def _check_timestamp(timestamp: int) -> None:
     if type(timestamp) is not int or not 0 <= timestamp <= MAX_TIMESTAMP:
         raise MalformedError(f"cosignature timestamp must be an int in 0..{MAX_TIMESTAMP}")
+
+
+@lru_cache(maxsize=256)
+def _is_checkpoint(message: bytes) -> bool:
+    """Report whether ``message`` is well-formed UTF-8 checkpoint text.
+
+    Memoized: one checkpoint is usually checked once for every cosignature it carries.
+    """
+    try:
+        parse_checkpoint(message.decode("utf-8"))
+    except (MalformedError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def _message(checkpoint_text: bytes, timestamp: int) -> bytes:
@@ -185,9 +199,7 @@ class CosignatureVerifier:
         (timestamp,) = _timestamp.unpack_from(signature)
         if timestamp > MAX_TIMESTAMP:
             return False
-        try:
-            parse_checkpoint(message.decode("utf-8"))
-        except (MalformedError, UnicodeDecodeError):
+        if not _is_checkpoint(message):
             return False
         try:
             self._key.verify(signature[TIMESTAMP_SIZE:], _message(message, timestamp))

@@ -47,6 +47,8 @@ from merkle.note import (
     KEY_TYPE_ED25519,
     Ed25519Verifier,
     Note,
+    VerifierIndex,
+    index_verifiers,
     parse_note,
     parse_vkey,
     verify_note,
@@ -187,6 +189,10 @@ class Policy:
     witnesses: tuple[PolicyWitness, ...]
     groups: tuple[PolicyGroup, ...]
     quorum: str
+    # Derived once: for each origin, its logs' and all witnesses' keys by (name, key ID); and
+    # the policy name of each witness key.
+    _known_by_origin: dict[str, VerifierIndex] = field(init=False, repr=False, compare=False)
+    _witness_names: dict[tuple[str, bytes], str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for what, items in (("logs", self.logs), ("witnesses", self.witnesses)):
@@ -223,6 +229,21 @@ class Policy:
         _check_token(self.quorum, what="quorum")
         if self.quorum != QUORUM_NONE and self.quorum not in defined:
             raise MalformedError(f"quorum {self.quorum!r} is not a defined witness or group")
+        witness_keys = [w.verifier for w in self.witnesses]
+        origins = {log.verifier.name for log in self.logs}
+        known = {
+            origin: index_verifiers(
+                [*(log.verifier for log in self.logs if log.verifier.name == origin),
+                 *witness_keys]
+            )
+            for origin in origins
+        }
+        object.__setattr__(self, "_known_by_origin", known)
+        object.__setattr__(
+            self,
+            "_witness_names",
+            {(w.verifier.name, w.verifier.key_id): w.name for w in self.witnesses},
+        )
 
     def is_satisfied(self, cosigners: Collection[str]) -> bool:
         """Report whether the witnesses named ``cosigners`` (policy names) meet the quorum.
@@ -384,22 +405,27 @@ def verify_checkpoint(policy: Policy, note: bytes) -> tuple[Checkpoint, Note]:
         raise PolicyError("the policy lists no log, so no checkpoint can be verified with it")
     parsed = parse_note(note)
     checkpoint = parse_checkpoint(parsed.text)
-    logs = [log.verifier for log in policy.logs if log.verifier.name == checkpoint.origin]
-    if not logs:
+    known = policy._known_by_origin.get(checkpoint.origin)
+    if known is None:
         raise UnknownKeyError(f"no log of the policy has origin {checkpoint.origin!r}")
-    witnesses = [w.verifier for w in policy.witnesses]
     try:
-        verified = verify_note(parsed, [*logs, *witnesses])
+        verified = verify_note(parsed, known)
     except UnverifiedNoteError:
         verified = ()
-    pairs = {(s.name, s.key_id) for s in verified}
-    if not any((log.name, log.key_id) in pairs for log in logs):
+    witness_names = policy._witness_names
+    cosigners: set[str] = set()
+    log_signed = False
+    for signature in verified:
+        pair = (signature.name, signature.key_id)
+        name = witness_names.get(pair)
+        if name is not None:
+            cosigners.add(name)
+        else:
+            log_signed = True  # every other key in ``known`` is a log key for this origin
+    if not log_signed:
         raise UnverifiedNoteError(
             f"checkpoint is not signed by the policy's log for origin {checkpoint.origin!r}"
         )
-    cosigners = {
-        w.name for w in policy.witnesses if (w.verifier.name, w.verifier.key_id) in pairs
-    }
     if not policy.is_satisfied(cosigners):
         names = ", ".join(sorted(cosigners)) or "no witness"
         raise PolicyError(f"quorum {policy.quorum!r} is not met (cosigned by {names})")

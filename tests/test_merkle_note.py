@@ -478,10 +478,13 @@ def test_merge_signatures_and_signature_lines(peter: Ed25519Verifier) -> None:
 
 # --------------------------------------------------------------------------- properties
 
-_TEXT_CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\n").filter(
-    lambda c: c >= " "
+# Text characters: anything but controls (those below U+0020 are forbidden; DEL and C1
+# controls are allowed by the specification but left out here) and lone surrogates.
+_TEXT_CHARS = st.characters(blacklist_categories=["Cs", "Cc"])
+# Key names: no Unicode space either (every str.isspace() character is Cc, Zs, Zl or Zp).
+_NAME_CHARS = st.characters(
+    blacklist_categories=["Cs", "Cc", "Zs", "Zl", "Zp"], blacklist_characters="+"
 )
-_NAME_CHARS = _TEXT_CHARS.filter(lambda c: not c.isspace() and c != "+")
 _names = st.text(_NAME_CHARS, min_size=1, max_size=12)
 _texts = st.lists(st.text(_TEXT_CHARS, max_size=20), min_size=1, max_size=6).map(
     lambda lines: "\n".join(lines) + "\n"
@@ -491,7 +494,7 @@ _signatures = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_texts, st.lists(_signatures, min_size=1, max_size=5))
 def test_parse_inverts_format(text: str, signatures: list[NoteSignature]) -> None:
     note = Note(text, tuple(signatures))
