@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from merkle.errors import MalformedError, ProofError
 from merkle.hashing import EMPTY_ROOT, HASH_SIZE
@@ -51,6 +52,8 @@ MAX_TREE_SIZE = (1 << 63) - 1
 
 _sha256 = hashlib.sha256
 _NODE_PREFIX = b"\x01"
+_ONLY_BYTES = {bytes}
+_ONLY_HASH_SIZE = {HASH_SIZE}
 
 
 def _require_int(name: str, value: object, low: int, high: int) -> int:
@@ -67,15 +70,21 @@ def _require_int(name: str, value: object, low: int, high: int) -> int:
 
 def _require_hash(name: str, value: object) -> bytes:
     """Return ``value`` if it is a 32-byte ``bytes``; raises MalformedError otherwise."""
-    if not isinstance(value, bytes) or len(value) != HASH_SIZE:
+    if type(value) is not bytes or len(value) != HASH_SIZE:
         raise MalformedError(f"{name} must be {HASH_SIZE} bytes")
     return value
 
 
 def _require_hashes(name: str, values: Sequence[object], error: type[Exception]) -> None:
     """Raise ``error`` unless every element of ``values`` is a 32-byte ``bytes``."""
+    # The set comparisons run in C; the loop below only names the culprit.
+    if not values:
+        return
+    as_bytes = cast("Sequence[bytes]", values)
+    if set(map(type, values)) == _ONLY_BYTES and set(map(len, as_bytes)) == _ONLY_HASH_SIZE:
+        return
     for i, value in enumerate(values):
-        if not isinstance(value, bytes) or len(value) != HASH_SIZE:
+        if type(value) is not bytes or len(value) != HASH_SIZE:
             raise error(f"{name}[{i}] must be {HASH_SIZE} bytes")
 
 
@@ -358,26 +367,20 @@ def root_from_inclusion_proof(
         raise ProofError(f"inclusion proof has {len(proof)} hashes, want {want}")
     _require_hashes("proof", proof, ProofError)
 
+    # RFC 9162 §2.1.3.2 with its branches resolved in advance. While fn != sn, the test
+    # "LSB(fn) set or fn == sn" is just LSB(fn); fn and sn meet after `inner` shifts. From then
+    # on every step takes the first branch and drops the lowest set bit of sn, so sn reaches 0
+    # after exactly popcount(sn) more steps: the proof length checked above.
     sha256 = _sha256
     prefix = _NODE_PREFIX
-    fn, sn = index, tree_size - 1
+    inner = (index ^ (tree_size - 1)).bit_length()
+    fn = index
     r = leaf_hash
-    for p in proof:
-        if sn == 0:
-            raise ProofError("inclusion proof is too long")
-        if fn & 1 or fn == sn:
-            r = sha256(prefix + p + r).digest()
-            if not fn & 1:
-                # fn == sn != 0 here: skip the levels where this node has no right sibling.
-                shift = (fn & -fn).bit_length() - 1
-                fn >>= shift
-                sn >>= shift
-        else:
-            r = sha256(prefix + r + p).digest()
+    for p in proof[:inner]:
+        r = sha256(prefix + p + r if fn & 1 else prefix + r + p).digest()
         fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise ProofError("inclusion proof is too short")
+    for p in proof[inner:]:
+        r = sha256(prefix + p + r).digest()
     return r
 
 
@@ -441,33 +444,33 @@ def verify_consistency(
         raise ProofError(f"consistency proof has {len(proof)} hashes, want {want}")
     _require_hashes("proof", proof, ProofError)
 
+    # RFC 9162 §2.1.4.2 with its branches resolved in advance, as in root_from_inclusion_proof:
+    # step 4 shifts out the trailing one bits of fn = first_size - 1; then, while fn != sn, a set
+    # LSB(fn) means a left sibling (both roots), a clear one a right sibling (second root only);
+    # once fn == sn every remaining element is a left sibling and sn reaches 0 exactly at the
+    # end of a proof of the length checked above.
     sha256 = _sha256
     prefix = _NODE_PREFIX
+    shift = (first_size & -first_size).bit_length() - 1  # step 4
+    fn, sn = (first_size - 1) >> shift, (second_size - 1) >> shift
+    inner = (fn ^ sn).bit_length()
     # Step 2: a first tree that is one complete subtree is its own first path element.
-    path = [first_root, *proof] if first_size & (first_size - 1) == 0 else proof
-    fn, sn = first_size - 1, second_size - 1
-    # Step 4: skip the levels where the first tree's last node is a right child.
-    shift = ((fn + 1) & -(fn + 1)).bit_length() - 1
-    fn >>= shift
-    sn >>= shift
-    fr = sr = path[0]
-    for i in range(1, len(path)):
-        c = path[i]
-        if sn == 0:
-            raise ProofError("consistency proof is too long")
-        if fn & 1 or fn == sn:
+    if first_size & (first_size - 1) == 0:
+        fr = sr = first_root
+        rest = proof
+    else:
+        fr = sr = proof[0]
+        rest = proof[1:]
+    for c in rest[:inner]:
+        if fn & 1:
             fr = sha256(prefix + c + fr).digest()
             sr = sha256(prefix + c + sr).digest()
-            if not fn & 1:
-                shift = (fn & -fn).bit_length() - 1
-                fn >>= shift
-                sn >>= shift
         else:
             sr = sha256(prefix + sr + c).digest()
         fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise ProofError("consistency proof is too short")
+    for c in rest[inner:]:
+        fr = sha256(prefix + c + fr).digest()
+        sr = sha256(prefix + c + sr).digest()
     if fr != first_root:
         raise ProofError(
             "consistency proof leads to another first root", expected=first_root, computed=fr

@@ -79,3 +79,62 @@ def node(level: int, index: int, entries: Sequence[bytes]) -> bytes:
 def leaf(entry: bytes) -> bytes:
     """Return the leaf hash SHA-256(0x00 || entry)."""
     return hashlib.sha256(b"\x00" + entry).digest()
+
+
+def _hash_children(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def rfc9162_verify_inclusion(
+    hash_: bytes, leaf_index: int, tree_size: int, inclusion_path: Sequence[bytes], root: bytes
+) -> bool:
+    """RFC 9162 §2.1.3.2, step by step as written (any proof length is fed to the loop)."""
+    if leaf_index >= tree_size:
+        return False
+    fn, sn = leaf_index, tree_size - 1
+    r = hash_
+    for p in inclusion_path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = _hash_children(p, r)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = _hash_children(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def rfc9162_verify_consistency(
+    first: int, second: int, first_hash: bytes, second_hash: bytes, path: Sequence[bytes]
+) -> bool:
+    """RFC 9162 §2.1.4.2, step by step as written; requires ``0 < first < second``."""
+    if not path:
+        return False
+    consistency_path = list(path)
+    if first & (first - 1) == 0:
+        consistency_path.insert(0, first_hash)
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = consistency_path[0]
+    for c in consistency_path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = _hash_children(c, fr)
+            sr = _hash_children(c, sr)
+            if not fn & 1:
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = _hash_children(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == first_hash and sr == second_hash and sn == 0

@@ -369,6 +369,41 @@ def test_random_consistency_mutation_fails(case: tuple[int, int]) -> None:
         assert _rejects(verify_consistency, first, second, root1, root2, bad)
 
 
+@SETTINGS
+@given(index_and_size(), st.data())
+def test_inclusion_agrees_with_literal_rfc9162(case: tuple[int, int], data: st.DataObject) -> None:
+    """Accept/reject exactly as the step-by-step RFC 9162 loop, for good and mutated proofs."""
+    index, size = case
+    proof = naive.path(index, BIG[:size])
+    root = naive.mth(BIG[:size])
+    leaf = naive.leaf(BIG[index])
+    other_index = data.draw(st.integers(0, size))
+    other_size = data.draw(st.integers(1, len(BIG)))
+    candidates = [
+        (proof, index, size, root),
+        *((bad, index, size, root) for bad in _shape_mutations(proof)),
+        (proof, other_index, size, root),
+        (proof, index, other_size, root),
+        (proof, index, other_size, naive.mth(BIG[:other_size])),
+    ]
+    for p, i, n, r in candidates:
+        assert _rejects(verify_inclusion, leaf, i, n, p, r) == (
+            not naive.rfc9162_verify_inclusion(leaf, i, n, p, r)
+        ), (i, n, len(p))
+
+
+@SETTINGS
+@given(st.integers(2, len(BIG)).flatmap(lambda n: st.tuples(st.integers(1, n - 1), st.just(n))))
+def test_consistency_agrees_with_literal_rfc9162(case: tuple[int, int]) -> None:
+    first, second = case
+    proof = naive.proof(first, BIG[:second])
+    root1, root2 = naive.mth(BIG[:first]), naive.mth(BIG[:second])
+    for p in [proof, *_shape_mutations(proof)]:
+        assert _rejects(verify_consistency, first, second, root1, root2, p) == (
+            not naive.rfc9162_verify_consistency(first, second, root1, root2, p)
+        ), len(p)
+
+
 # --- trees too large to build -----------------------------------------------------------------
 
 
