@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -228,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again with the
+    # handlers it found: these no-op handlers turn that into a normal return (exit status 0).
+    for handled in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(handled, lambda number, frame: None)
     try:
         server.run()
     except StorageError as exc:
