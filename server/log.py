@@ -77,6 +77,7 @@ class LogService:
         self._verifier = signer.verifier()
         self._publish_listeners: list[Callable[[Published], None]] = []
         self._changed = asyncio.Event()
+        self._committed_size = 0
         self.sequencer.subscribe(self._on_commit)
         self.collector: WitnessCollector | None = None
 
@@ -92,7 +93,8 @@ class LogService:
         await self.sequencer.start()
         note = self.sequencer.checkpoint
         assert note is not None
-        self.metrics.tree_size.set(self.sequencer.tree_size)
+        self._committed_size = self.sequencer.tree_size
+        self.metrics.tree_size.set(self._committed_size)
         published: bytes | None = note
         if self.witnessed:
             published = await self.storage.latest_cosigned_checkpoint()
@@ -107,7 +109,10 @@ class LogService:
     # -- publication -------------------------------------------------------------------------
 
     def _on_commit(self, note: bytes) -> None:
-        self.metrics.tree_size.set(self.sequencer.tree_size)
+        size = self.sequencer.tree_size
+        self.metrics.batch_size.observe(size - self._committed_size)
+        self._committed_size = size
+        self.metrics.tree_size.set(size)
         if not self.witnessed:
             self._set_published(note)
         self._changed.set()
