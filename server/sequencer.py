@@ -505,17 +505,19 @@ class Sequencer:
         assert state is not None
         if p.future.done():
             return
+        # The stored entry's leaf hash, not the submission's: a duplicate by idempotency key may
+        # carry other bytes, and the proof is for what the log holds at ``index``.
+        nodes = inclusion_nodes(index, state.tree_size)
         try:
-            proof = await self.reader.inclusion_proof(index, state.tree_size)
+            stored, *hashes = await self.reader.node_hashes([Node(0, index), *nodes])
         except (LookupError, StorageError) as exc:
             p.future.set_exception(
                 SequencerStopped(f"cannot read the proof: {type(exc).__name__}", retry_after=1)
             )
             return
+        proof = build_inclusion_proof(index, state.tree_size, hashes)
         p.future.set_result(
-            Sequenced(
-                index, p.submission.leaf_hash, True, state.tree_size, state.checkpoint, tuple(proof)
-            )
+            Sequenced(index, stored, True, state.tree_size, state.checkpoint, tuple(proof))
         )
 
 
