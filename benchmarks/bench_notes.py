@@ -9,7 +9,9 @@ same run against the bare ``cryptography`` Ed25519 verifications of the same mes
    vs the 3 bare verifies it contains (target: receipt rate at least 80% of the bare rate).
 
 Times are process CPU times, the best of many short rounds that alternate between the
-operation and its baseline (the rounds least disturbed by other processes). Keys are
+operation and its baseline (the rounds least disturbed by other processes). On a busy shared
+machine the interpreted part slows down more than the compiled Ed25519 code, so ratios
+measured under load are worse than on a quiet machine; run it a few times. Keys are
 fixed seeds; the inclusion proof is random and the checkpoint root is the one it leads to, so
 no 2**20-leaf tree has to be built.
 """
@@ -153,8 +155,8 @@ def bench_receipt(number: int, rounds: int) -> tuple[Comparison, Comparison]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and print a table; exit status 1 if a target is missed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--number", type=int, default=60, help="calls per timing round")
-    parser.add_argument("--rounds", type=int, default=40, help="alternating timing rounds")
+    parser.add_argument("--number", type=int, default=30, help="calls per timing round")
+    parser.add_argument("--rounds", type=int, default=80, help="alternating timing rounds")
     args = parser.parse_args(argv)
 
     note = bench_open_note(args.number, args.rounds)

@@ -40,7 +40,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -251,18 +251,28 @@ class Note:
             )
 
 
-_T = TypeVar("_T")
+_new = object.__new__
+_set = object.__setattr__
 
 
-def _checked(cls: type[_T], **fields: object) -> _T:
-    """Build a frozen value from fields the parser has already checked, skipping re-validation.
+def _parsed_signature(name: str, key_id: bytes, signature: bytes) -> NoteSignature:
+    """Build a NoteSignature from fields the parser has checked, skipping re-validation.
 
-    Parsing is the hot path of verification; every invariant that ``__post_init__`` would
-    check has been checked by the caller, as the comment at each call site says.
+    Parsing is the hot path of verification; the caller guarantees what ``__post_init__``
+    would check (valid name, 4-byte key ID, non-empty signature).
     """
-    value = object.__new__(cls)
-    for name, field_value in fields.items():
-        object.__setattr__(value, name, field_value)
+    value = _new(NoteSignature)
+    _set(value, "name", name)
+    _set(value, "key_id", key_id)
+    _set(value, "signature", signature)
+    return value
+
+
+def _parsed_note(text: str, signatures: tuple[NoteSignature, ...]) -> Note:
+    """Build a Note from a text and signatures the parser has checked (see above)."""
+    value = _new(Note)
+    _set(value, "text", text)
+    _set(value, "signatures", signatures)
     return value
 
 
@@ -282,7 +292,7 @@ def _parse_signature_line(line: str, number: int) -> NoteSignature:
         raise MalformedError(f"signature line {number} is shorter than a key ID plus a signature")
     check_key_name(name)
     # Checked: the name just above, a 4-byte key ID and a non-empty signature by the length.
-    return _checked(NoteSignature, name=name, key_id=raw[:KEY_ID_SIZE], signature=raw[KEY_ID_SIZE:])
+    return _parsed_signature(name, raw[:KEY_ID_SIZE], raw[KEY_ID_SIZE:])
 
 
 def _parse_signature_block(block: str) -> tuple[NoteSignature, ...]:
@@ -328,7 +338,7 @@ def parse_note(data: bytes) -> Note:
     signatures = _parse_signature_block(decoded[split + 2 :])
     # The text is non-empty, ends in a newline and was checked with the whole note; the
     # signature block holds 1 to MAX_SIGNATURES checked signatures.
-    return _checked(Note, text=decoded[: split + 1], signatures=signatures)
+    return _parsed_note(decoded[: split + 1], signatures)
 
 
 def format_note(note: Note) -> bytes:

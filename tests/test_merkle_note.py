@@ -31,6 +31,7 @@ from merkle.note import (
     format_signature_lines,
     format_vkey,
     generate_key,
+    index_verifiers,
     key_id,
     merge_signatures,
     open_note,
@@ -39,6 +40,7 @@ from merkle.note import (
     parse_verifier,
     parse_vkey,
     sign_note,
+    verify_note,
 )
 
 # golang.org/x/mod/sumdb/note: note.go package documentation and note_test.go.
@@ -438,6 +440,14 @@ def test_ambiguous_verifiers_rejected(peter: Ed25519Verifier) -> None:
         open_note(SIGNED, [peter, Impostor()])
     # The same verifier twice is not ambiguous.
     assert open_note(SIGNED, [peter, Ed25519Verifier.from_vkey(PETER_VKEY)])[1]
+
+
+def test_verify_note_with_an_index(peter: Ed25519Verifier, enoch: Ed25519Verifier) -> None:
+    known = index_verifiers([peter, enoch])
+    assert set(known) == {(peter.name, peter.key_id), (enoch.name, enoch.key_id)}
+    note = parse_note((TEXT + "\n" + PETER_SIG + ENOCH_SIG).encode())
+    assert verify_note(note, known) == verify_note(note, [peter, enoch])
+    assert len(verify_note(note, known)) == 2
 
 
 # --------------------------------------------------------------------------- adding signatures
