@@ -1,7 +1,8 @@
 """``python -m server`` / ``etch serve``: run the log on uvicorn.
 
 With no arguments: data in ``./etch-data``, SQLite, the log's key created on first start,
-listening on 127.0.0.1:8080. Exit status 0 after a clean shutdown, 1 when the log refuses to
+listening on 127.0.0.1:8080, with the OAuth layer (:mod:`server.ingest`; ``--intake raw`` runs
+the bare engine instead). Exit status 0 after a clean shutdown, 1 when the log refuses to
 start (its stored state does not verify, its key does not match), 2 for a usage error.
 """
 
@@ -14,19 +15,21 @@ import sys
 from collections.abc import Sequence
 
 import uvicorn
+from starlette.applications import Starlette
 
 from merkle.errors import MerkleError
 from merkle.policy import Policy, parse_policy
 from server.app import create_app
 from server.config import ConfigError, Settings, load_settings
+from server.ingest import OAuthSettings, create_oauth_app
 from server.keys import KeyFileError, load_or_create_log_key
 from server.log import LogService
 from server.sequencer import IntegrityFailure
-from server.storage import open_storage
+from server.storage import PostgresStorage, SQLiteStorage, open_storage
 from server.storage.base import StorageError
 from server.witnessing import WitnessCollector
 
-__all__ = ["build_service", "main", "run", "serve"]
+__all__ = ["build_app", "build_service", "main", "run", "serve"]
 
 log = logging.getLogger("etch.serve")
 
@@ -69,6 +72,25 @@ def build_service(settings: Settings) -> tuple[LogService, Policy | None]:
     return service, policy
 
 
+def build_app(settings: Settings, service: LogService) -> Starlette:
+    """Return the app the settings ask for: the OAuth layer (default) or the raw engine.
+
+    The service's lifespan is managed by the caller.
+    """
+    if settings.intake == "raw":
+        return create_app(service, limits=settings.limits, manage_service=False)
+    storage = service.storage
+    assert isinstance(storage, SQLiteStorage | PostgresStorage)
+    oauth = OAuthSettings(
+        public_entries=settings.public_entries,
+        public_token_ref_lookup=settings.public_token_ref_lookup,
+        submitter_rate=settings.submitter_rate,
+        submitter_burst=settings.submitter_burst,
+        set_audience=settings.set_audience,
+    )
+    return create_oauth_app(service, storage, oauth, limits=settings.limits, manage_service=False)
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
     """Start the log, serve HTTP until stopped, and return the exit status."""
     try:
@@ -91,7 +113,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
         collector = WitnessCollector(service, policy)
         service.collector = collector
         await collector.start()
-    app = create_app(service, limits=settings.limits, manage_service=False)
+    app = build_app(settings, service)
     config = uvicorn.Config(
         app,
         host=settings.host,

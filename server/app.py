@@ -18,18 +18,27 @@ GET  /v1/entries/<index>                   one entry, its leaf hash and decoded 
 GET  /v1/receipt/<index>                   tlog-proof receipt against the published checkpoint
 GET  /healthz, /metrics, /openapi.json
 =========================================  =====================================================
+
+What a submission becomes is the job of an :class:`Intake`: it authenticates the request,
+admits (rate-limits) its events, turns each decoded event into a :class:`Submission`, and adds
+to each answer after sequencing (where it may still refuse, e.g. a reused idempotency key with
+different content). The engine's default intake logs any bounded map as its deterministic CBOR
+encoding, with no authentication; the OAuth layer (:mod:`server.ingest`) is the other one. A
+``read_guard`` may restrict who reads entry contents (``GET /v1/entries/<index>`` and
+``GET /tile/entries/...``); hashes, checkpoints, proofs and receipts stay public.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import gzip
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -66,7 +75,17 @@ from server.problems import (
 from server.sequencer import Sequenced, SequencerStopped, Submission
 from server.storage.base import StorageError
 
-__all__ = ["EventPreparer", "create_app", "read_body"]
+__all__ = [
+    "EventPreparer",
+    "Intake",
+    "PreparerIntake",
+    "ReadGuard",
+    "create_app",
+    "raw_map_preparer",
+    "read_body",
+    "result_body",
+    "unavailable_problem",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +97,68 @@ CACHE_NONE = "no-store"
 
 EventPreparer = Callable[[Request, dict[str, Value]], Awaitable[Submission]]
 """Turns one decoded event into a submission (the OAuth layer validates and signs here)."""
+
+ReadGuard = Callable[[Request], Awaitable[None]]
+"""Raises a Problem (401/403) when the request may not read entry contents."""
+
+_YIELD_EVERY = 64
+"""Batch events prepared between two yields to the event loop."""
+
+
+class Intake(Protocol):
+    """The submission path of an app: who may submit, and what a submission becomes.
+
+    For ``POST /v1/events`` and ``POST /v1/events/batch`` the app calls, in this order:
+    :meth:`authenticate` (before the body is read), :meth:`admit` (once, with the number of
+    events decoded), :meth:`prepare` (per event), then, after sequencing, :meth:`finish` (per
+    result). Each may raise :class:`server.problems.Problem`; in a batch a problem raised by
+    :meth:`prepare` or :meth:`finish` answers that event only.
+    """
+
+    async def authenticate(self, request: Request) -> None:
+        """Check the request's credentials. Raises Problem (401, 403)."""
+        ...
+
+    async def admit(self, request: Request, count: int) -> None:
+        """Admit ``count`` events of an authenticated request. Raises Problem (429)."""
+        ...
+
+    async def prepare(self, request: Request, event: dict[str, Value]) -> Submission:
+        """Validate one decoded event and return its submission. Raises Problem, CodecError."""
+        ...
+
+    async def finish(
+        self, request: Request, submission: Submission, result: Sequenced
+    ) -> Mapping[str, Any]:
+        """Return members to add to (or replace in) the event's answer. Raises Problem.
+
+        Called after the sequencer answered; for a duplicate (``result.duplicate``) this is
+        where a reused idempotency key with different content is refused (409).
+        """
+        ...
+
+
+class PreparerIntake:
+    """An :class:`Intake` made of one :data:`EventPreparer`: no authentication, no limits."""
+
+    def __init__(self, prepare: EventPreparer) -> None:
+        self._prepare = prepare
+
+    async def authenticate(self, request: Request) -> None:
+        """Accept every request."""
+
+    async def admit(self, request: Request, count: int) -> None:
+        """Admit every event."""
+
+    async def prepare(self, request: Request, event: dict[str, Value]) -> Submission:
+        """Call the preparer."""
+        return await self._prepare(request, event)
+
+    async def finish(
+        self, request: Request, submission: Submission, result: Sequenced
+    ) -> Mapping[str, Any]:
+        """Add nothing."""
+        return {}
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -146,10 +227,32 @@ def _path_int(request: Request, name: str) -> int:
         ) from None
 
 
+def unavailable_problem(exc: Exception) -> Problem:
+    """Return the 503 problem for a stopped sequencer or unavailable storage."""
+    return _unavailable(exc)
+
+
 def _unavailable(exc: Exception) -> Problem:
     if isinstance(exc, SequencerStopped):
         return Problem("unavailable", str(exc), retry_after=exc.retry_after or 5)
     return Problem("unavailable", "storage is unavailable", retry_after=1)
+
+
+def result_body(service: LogService, result: Sequenced) -> dict[str, Any]:
+    """Return the JSON answer to one sequenced submission (ARCHITECTURE.md "HTTP API").
+
+    Members: ``index``, ``leaf_hash``, ``duplicate``, ``tree_size``, ``checkpoint`` (the signed
+    note the proof is against), ``inclusion_proof`` and ``receipt`` (C2SP tlog-proof text).
+    """
+    return {
+        "index": result.index,
+        "leaf_hash": _b64(result.leaf_hash),
+        "duplicate": result.duplicate,
+        "tree_size": result.tree_size,
+        "checkpoint": result.checkpoint.decode("utf-8"),
+        "inclusion_proof": [_b64(h) for h in result.proof],
+        "receipt": service.receipt_text(result).decode("utf-8"),
+    }
 
 
 async def raw_map_preparer(request: Request, event: dict[str, Value]) -> Submission:
@@ -163,10 +266,19 @@ async def raw_map_preparer(request: Request, event: dict[str, Value]) -> Submiss
 class _Handlers:
     """Route handlers bound to one log service."""
 
-    def __init__(self, service: LogService, limits: Limits, prepare: EventPreparer) -> None:
+    def __init__(
+        self,
+        service: LogService,
+        limits: Limits,
+        intake: Intake,
+        read_guard: ReadGuard | None,
+        openapi: Callable[[str], dict[str, Any]],
+    ) -> None:
         self.service = service
         self.limits = limits
-        self.prepare = prepare
+        self.intake = intake
+        self.read_guard = read_guard
+        self.openapi_builder = openapi
         self._bundles: OrderedDict[int, bytes] = OrderedDict()
 
     # -- tlog-tiles ------------------------------------------------------------------------
@@ -203,6 +315,8 @@ class _Handlers:
         )
 
     async def _entry_bundle(self, request: Request, tile: Tile, size: int) -> Response:
+        if self.read_guard is not None:
+            await self.read_guard(request)
         start = tile.index * TILE_WIDTH
         if size - start < tile.width:
             raise Problem("not-found", "the entry bundle is beyond the tree")
@@ -229,17 +343,10 @@ class _Handlers:
     # -- submissions ---------------------------------------------------------------------------
 
     def _result(self, result: Sequenced) -> dict[str, Any]:
-        return {
-            "index": result.index,
-            "leaf_hash": _b64(result.leaf_hash),
-            "duplicate": result.duplicate,
-            "tree_size": result.tree_size,
-            "checkpoint": result.checkpoint.decode("utf-8"),
-            "inclusion_proof": [_b64(h) for h in result.proof],
-            "receipt": self.service.receipt_text(result).decode("utf-8"),
-        }
+        return result_body(self.service, result)
 
     async def submit(self, request: Request) -> Response:
+        await self.intake.authenticate(request)
         media = _media_type(request)
         body = await read_body(request, self.limits.max_body_bytes)
         try:
@@ -248,7 +355,8 @@ class _Handlers:
                 if media == JSON_TYPE
                 else decode_cbor(body, self.limits)
             )
-            submission = await self.prepare(request, event)
+            await self.intake.admit(request, 1)
+            submission = await self.intake.prepare(request, event)
         except CodecError as exc:
             self.service.metrics.submissions.labels("refused").inc()
             raise problem_from_codec_error(exc) from None
@@ -257,11 +365,14 @@ class _Handlers:
             raise
         try:
             (result,) = await self.service.submit([submission])
+            answer = self._result(result)
+            answer.update(await self.intake.finish(request, submission, result))
         except (SequencerStopped, StorageError) as exc:
             raise _unavailable(exc) from None
-        return _json(self._result(result), 200 if result.duplicate else 201)
+        return _json(answer, 200 if result.duplicate else 201)
 
     async def submit_batch(self, request: Request) -> Response:
+        await self.intake.authenticate(request)
         media = _media_type(request)
         body = await read_body(request, self.limits.max_batch_bytes)
         decoded = (
@@ -269,13 +380,16 @@ class _Handlers:
             if media == JSON_TYPE
             else decode_cbor_batch(body, self.limits)
         )
+        await self.intake.admit(request, len(decoded))
         slots: list[dict[str, Any] | int] = []
         submissions: list[Submission] = []
-        for item in decoded:
+        for position, item in enumerate(decoded):
+            if position % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let other requests run during a long batch
             try:
                 if isinstance(item, CodecError):
                     raise problem_from_codec_error(item)
-                submissions.append(await self.prepare(request, item))
+                submissions.append(await self.intake.prepare(request, item))
                 slots.append(len(submissions) - 1)
             except CodecError as exc:
                 slots.append(problem_from_codec_error(exc).to_dict())
@@ -286,10 +400,26 @@ class _Handlers:
             self.service.metrics.submissions.labels("refused").inc(refused)
         try:
             results = await self.service.submit(submissions) if submissions else []
+            out: list[dict[str, Any]] = []
+            for slot in slots:
+                if isinstance(slot, int):
+                    out.append(await self._finished(request, submissions[slot], results[slot]))
+                else:
+                    out.append(slot)
         except (SequencerStopped, StorageError) as exc:
             raise _unavailable(exc) from None
-        out = [s if not isinstance(s, int) else self._result(results[s]) for s in slots]
         return _json({"results": out})
+
+    async def _finished(
+        self, request: Request, submission: Submission, result: Sequenced
+    ) -> dict[str, Any]:
+        """Return one batch result: the receipt with the intake's additions, or its problem."""
+        answer = self._result(result)
+        try:
+            answer.update(await self.intake.finish(request, submission, result))
+        except Problem as problem:
+            return problem.to_dict()
+        return answer
 
     # -- proofs and entries --------------------------------------------------------------------
 
@@ -357,6 +487,8 @@ class _Handlers:
         return _json({"first": first, "second": second, "proof": [_b64(h) for h in proof]})
 
     async def entry(self, request: Request) -> Response:
+        if self.read_guard is not None:
+            await self.read_guard(request)
         index = _path_int(request, "index")
         if index >= self.service.tree_size:
             raise Problem("not-found", f"no entry at index {index}")
@@ -413,7 +545,7 @@ class _Handlers:
         return Response(self.service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(self, request: Request) -> Response:
-        return _json(openapi_document(self.service.origin))
+        return _json(self.openapi_builder(self.service.origin))
 
 
 def _parse_hex_hash(raw: str) -> bytes:
@@ -448,16 +580,33 @@ def create_app(
     *,
     limits: Limits | None = None,
     prepare: EventPreparer | None = None,
+    intake: Intake | None = None,
+    read_guard: ReadGuard | None = None,
     extra_routes: list[Route] | None = None,
+    openapi: Callable[[str], dict[str, Any]] | None = None,
     manage_service: bool = True,
 ) -> Starlette:
     """Return the Starlette application serving ``service``.
 
     With ``manage_service`` the app's lifespan starts and stops the service. ``prepare`` turns a
-    decoded event into a submission (default: the map's deterministic CBOR encoding).
+    decoded event into a submission (default: the map's deterministic CBOR encoding);
+    ``intake`` replaces the whole submission path instead (give one of the two).
+    ``read_guard`` restricts reading entry contents (default: public). ``extra_routes`` are
+    added after the engine's; ``openapi`` builds the document of ``GET /openapi.json`` from the
+    origin (default :func:`server.openapi.openapi_document`).
+
+    Raises ValueError when both ``prepare`` and ``intake`` are given.
     """
+    if prepare is not None and intake is not None:
+        raise ValueError("give prepare or intake, not both")
     limits = limits or Limits()
-    handlers = _Handlers(service, limits, prepare or raw_map_preparer)
+    handlers = _Handlers(
+        service,
+        limits,
+        intake or PreparerIntake(prepare or raw_map_preparer),
+        read_guard,
+        openapi or openapi_document,
+    )
     routes = [
         Route("/checkpoint", handlers.checkpoint, methods=["GET"]),
         Route("/tile/{path:path}", handlers.tile, methods=["GET"]),

@@ -17,6 +17,13 @@ batch_size          ETCH_BATCH_SIZE       --batch-size              ``1000`` ent
 batch_period_ms     ETCH_BATCH_PERIOD_MS  --batch-period-ms         ``200`` ms
 policy_file         ETCH_POLICY_FILE      --policy-file             none (C2SP tlog-policy)
 log_level           ETCH_LOG_LEVEL        --log-level               ``info``
+intake              ETCH_INTAKE           --intake                  ``oauth`` (or ``raw``)
+public_entries      ETCH_PUBLIC_ENTRIES   --public-entries          ``false``
+public_token_ref_   ETCH_PUBLIC_TOKEN_    --public-token-ref-       ``true``
+lookup              REF_LOOKUP            lookup
+submitter_rate      ETCH_SUBMITTER_RATE   --submitter-rate          ``10000`` events/s
+submitter_burst     ETCH_SUBMITTER_BURST  --submitter-burst         ``20000`` events
+set_audience        ETCH_SET_AUDIENCE     --set-audience            none (the origin only)
 [limits] max_...    ETCH_MAX_...          --max-...                 :data:`DEFAULT_LIMITS`
 ==================  ====================  ========================  ==========================
 
@@ -36,6 +43,16 @@ The ``[limits]`` table takes the fields of :class:`server.codec.Limits` (``max_b
   ``log.example.com/oauth/2026``; it is also the key name of the log's signing key, so it
   follows the signed-note key name rules (no spaces, no ``+``). The default
   ``localhost/etch/log`` suits a local trial only: a real log picks its own, once, forever.
+
+* ``intake`` chooses what ``POST /v1/events`` accepts: ``oauth`` (the default) runs the OAuth
+  layer (:mod:`server.ingest`: submitter credentials, signed events, SET intake, lookups, reader
+  access); ``raw`` is the bare engine that logs any bounded map, for tests and experiments.
+* ``public_entries`` lets anyone read entry contents (default: readers only; hashes,
+  checkpoints, proofs and receipts are always public); ``public_token_ref_lookup`` answers
+  lookups by token reference to anyone (default true); ``submitter_rate`` and
+  ``submitter_burst`` are each submitter's token bucket; ``set_audience`` is an extra ``aud``
+  value that SETs may carry beside the origin. Booleans are TOML booleans, or ``true`` /
+  ``false`` in variables and flags.
 
 Parsing is strict: unknown TOML keys, wrong TOML types, integers written as ``"+5"``, ``" 5"``,
 ``"05"``, ``"5_000"`` or with non-ASCII digits, out-of-range numbers and empty values are each a
@@ -156,6 +173,25 @@ def _check_origin(raw: object) -> str:
     return origin
 
 
+def _check_bool(raw: object) -> bool:
+    """Return ``raw`` as a bool: a TOML boolean, or exactly ``true`` / ``false`` as text."""
+    if isinstance(raw, bool):
+        return raw
+    if raw == "true":
+        return True
+    if raw == "false":
+        return False
+    raise ValueError("must be true or false")
+
+
+def _check_intake(raw: object) -> str:
+    """Return ``raw`` if it names an intake: ``oauth`` or ``raw``."""
+    if raw not in ("oauth", "raw"):
+        raise ValueError("must be oauth or raw")
+    assert isinstance(raw, str)
+    return raw
+
+
 def _check_level(raw: object) -> str:
     """Return ``raw`` lowercased if it names a logging level."""
     level = _check_text(raw).lower()
@@ -178,6 +214,7 @@ class _Option:
     help: str
     in_limits: bool = False
     integer: bool = False
+    boolean: bool = False
 
     @property
     def env(self) -> str:
@@ -212,6 +249,17 @@ _OPTIONS: Final = (
     _int_option("batch_period_ms", 0, 60_000, "longest wait for a batch, ms (default 200)"),
     _Option("policy_file", _check_path, "C2SP tlog-policy file naming witnesses and quorum"),
     _Option("log_level", _check_level, "debug, info, warning, error or critical"),
+    _Option("intake", _check_intake, "oauth (default: submitters, signed events) or raw"),
+    _Option("public_entries", _check_bool, "anyone may read entries (default false)", boolean=True),
+    _Option(
+        "public_token_ref_lookup",
+        _check_bool,
+        "anyone may look up by token reference (default true)",
+        boolean=True,
+    ),
+    _int_option("submitter_rate", 1, 10_000_000, "events per second per submitter"),
+    _int_option("submitter_burst", 1, 100_000_000, "burst size per submitter, events"),
+    _Option("set_audience", _check_text, "an aud value SETs may carry beside the origin"),
     _int_option("max_body_bytes", 1, _UNBOUNDED, "largest event body", in_limits=True),
     _int_option("max_depth", 1, MAX_DEPTH_CAP, "deepest event nesting", in_limits=True),
     _int_option("max_items", 1, _UNBOUNDED, "most items in an array or map", in_limits=True),
@@ -242,6 +290,12 @@ class Settings:
     limits: Limits = DEFAULT_LIMITS
     policy_file: Path | None = None
     log_level: str = "info"
+    intake: str = "oauth"
+    public_entries: bool = False
+    public_token_ref_lookup: bool = True
+    submitter_rate: int = 10_000
+    submitter_burst: int = 20_000
+    set_audience: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.limits, Limits):
@@ -249,7 +303,8 @@ class Settings:
         for item in fields(self):
             value = getattr(self, item.name)
             option = _BY_NAME.get(item.name)
-            if option is None or (value is None and item.name in ("database_url", "policy_file")):
+            optional = ("database_url", "policy_file", "set_audience")
+            if option is None or (value is None and item.name in optional):
                 continue
             raw = str(value) if isinstance(value, Path) else value
             try:
@@ -317,6 +372,8 @@ def _from_toml_value(option: _Option, raw: object, source: str) -> object:
     """Check a TOML value: integers must be TOML integers, not strings of digits."""
     if option.integer and type(raw) is not int:
         _fail(source, "must be a TOML integer")
+    if option.boolean and type(raw) is not bool:
+        _fail(source, "must be a TOML boolean")
     return _checked(option, raw, source)
 
 

@@ -19,6 +19,7 @@ forbidden               403     the credential does not allow this
 not-found               404     no such resource
 method-not-allowed      405     wrong method (``Allow``)
 conflict                409     the request conflicts with the log's state
+jti-conflict            409     the submitter's jti was already logged with another event
 payload-too-large       413     body, string or item count over a limit
 entry-too-large         413     the encoded entry would exceed 65,535 bytes
 unsupported-media-type  415     neither ``application/json`` nor ``application/cbor``
@@ -28,6 +29,7 @@ too-deep                422     nesting beyond the depth limit
 duplicate-key           422     a map key appears twice
 unsupported-type        422     a tag, simple value, non-text key or out-of-range integer
 forbidden-field         422     a field that must never be logged (raw token, secret, ...)
+bad-signature           422     the submitter's event signature is missing or does not verify
 rate-limited            429     too many requests (``Retry-After``)
 internal                500     a bug; nothing about it is disclosed
 unavailable             503     temporarily unable to serve (``Retry-After``)
@@ -132,6 +134,7 @@ PROBLEM_TYPES: Final = _table(
     ProblemType("not-found", 404, "Not found"),
     ProblemType("method-not-allowed", 405, "Method not allowed"),
     ProblemType("conflict", 409, "Conflict with the log's state"),
+    ProblemType("jti-conflict", 409, "The jti was already used for a different event"),
     ProblemType("payload-too-large", 413, "Request is too large"),
     ProblemType("entry-too-large", 413, "Encoded entry is too large"),
     ProblemType("unsupported-media-type", 415, "Unsupported media type"),
@@ -141,6 +144,7 @@ PROBLEM_TYPES: Final = _table(
     ProblemType("duplicate-key", 422, "Duplicate map key"),
     ProblemType("unsupported-type", 422, "Unsupported value type"),
     ProblemType("forbidden-field", 422, "Field must never be logged"),
+    ProblemType("bad-signature", 422, "Event signature missing or invalid"),
     ProblemType("rate-limited", 429, "Too many requests", retry_after=1),
     ProblemType("internal", 500, "Internal error"),
     ProblemType("unavailable", 503, "Temporarily unavailable", retry_after=1),
