@@ -16,7 +16,11 @@ from typing import cast
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-COMMAND_MODULES = ("client.commands.serve",)
+COMMAND_MODULES = (
+    "client.commands.serve",
+    "client.commands.submitter",
+    "client.commands.reader",
+)
 """The modules that define ``etch`` subcommands, in the order ``etch --help`` lists them."""
 
 
