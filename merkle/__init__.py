@@ -61,6 +61,7 @@ from merkle.policy import (
     format_policy,
     parse_policy,
     verify_checkpoint,
+    verify_parsed_checkpoint,
 )
 from merkle.receipt import RECEIPT_HEADER, Receipt, format_receipt, parse_receipt, verify_receipt
 from merkle.tiles import (
@@ -181,5 +182,6 @@ __all__ = [
     "verify_consistency",
     "verify_inclusion",
     "verify_note",
+    "verify_parsed_checkpoint",
     "verify_receipt",
 ]

@@ -64,6 +64,7 @@ __all__ = [
     "format_policy",
     "parse_policy",
     "verify_checkpoint",
+    "verify_parsed_checkpoint",
 ]
 
 QUORUM_NONE = "none"
@@ -395,6 +396,7 @@ def verify_checkpoint(policy: Policy, note: bytes) -> tuple[Checkpoint, Note]:
     tlog-policy "What is a policy": the checkpoint must be signed by a log of the policy whose
     key name is the checkpoint origin, and cosigned by witnesses so that the quorum is met.
     Every signature by a known key (that log's or a witness's) is verified; others are ignored.
+    Returns the checkpoint and the parsed note.
 
     Raises MalformedError for a malformed note or checkpoint; PolicyError if the policy lists
     no log or the quorum is not met; UnknownKeyError if no log of the policy has the
@@ -405,19 +407,31 @@ def verify_checkpoint(policy: Policy, note: bytes) -> tuple[Checkpoint, Note]:
         raise PolicyError("the policy lists no log, so no checkpoint can be verified with it")
     parsed = parse_note(note)
     checkpoint = parse_checkpoint(parsed.text)
+    verify_parsed_checkpoint(policy, parsed, checkpoint)
+    return checkpoint, parsed
+
+
+def verify_parsed_checkpoint(policy: Policy, note: Note, checkpoint: Checkpoint) -> None:
+    """Do what :func:`verify_checkpoint` does, for a note already parsed.
+
+    Requires ``checkpoint == parse_checkpoint(note.text)`` (for example the values a
+    :class:`~merkle.receipt.Receipt` keeps from parsing). Returns None on success and raises as
+    :func:`verify_checkpoint` does, MalformedError excepted.
+    """
+    if not policy.logs:
+        raise PolicyError("the policy lists no log, so no checkpoint can be verified with it")
     known = policy._known_by_origin.get(checkpoint.origin)
     if known is None:
         raise UnknownKeyError(f"no log of the policy has origin {checkpoint.origin!r}")
     try:
-        verified = verify_note(parsed, known)
+        verified = verify_note(note, known)
     except UnverifiedNoteError:
         verified = ()
     witness_names = policy._witness_names
     cosigners: set[str] = set()
     log_signed = False
     for signature in verified:
-        pair = (signature.name, signature.key_id)
-        name = witness_names.get(pair)
+        name = witness_names.get((signature.name, signature.key_id))
         if name is not None:
             cosigners.add(name)
         else:
@@ -429,4 +443,3 @@ def verify_checkpoint(policy: Policy, note: bytes) -> tuple[Checkpoint, Note]:
     if not policy.is_satisfied(cosigners):
         names = ", ".join(sorted(cosigners)) or "no witness"
         raise PolicyError(f"quorum {policy.quorum!r} is not met (cosigned by {names})")
-    return checkpoint, parsed

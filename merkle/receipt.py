@@ -28,13 +28,13 @@ leaves has no longer path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from merkle.checkpoint import Checkpoint, parse_checkpoint, parse_decimal
 from merkle.errors import MalformedError, ProofError
 from merkle.hashing import HASH_SIZE, leaf_hash
-from merkle.note import decode_base64, encode_base64, parse_note
-from merkle.policy import Policy, verify_checkpoint
+from merkle.note import Note, decode_base64, encode_base64, parse_note
+from merkle.policy import Policy, verify_parsed_checkpoint
 from merkle.tree import MAX_TREE_SIZE, verify_inclusion
 
 __all__ = [
@@ -72,6 +72,9 @@ class Receipt:
     proof: tuple[bytes, ...]
     checkpoint: bytes
     extra: bytes | None = None
+    # The checkpoint note and text, parsed once here and reused by verify_receipt.
+    _note: Note = field(init=False, repr=False, compare=False)
+    _parsed_checkpoint: Checkpoint = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.index) is not int or not 0 <= self.index < MAX_TREE_SIZE:
@@ -89,7 +92,9 @@ class Receipt:
             raise MalformedError("receipt extra data must be bytes or None")
         if not isinstance(self.checkpoint, bytes):
             raise MalformedError("receipt checkpoint must be bytes")
-        parse_checkpoint(parse_note(self.checkpoint).text)
+        note = parse_note(self.checkpoint)
+        object.__setattr__(self, "_note", note)
+        object.__setattr__(self, "_parsed_checkpoint", parse_checkpoint(note.text))
 
 
 def _next_line(data: bytes, start: int, what: str) -> tuple[bytes, int]:
@@ -161,11 +166,13 @@ def verify_receipt(receipt: Receipt, entry: bytes, policy: Policy) -> Checkpoint
     ``leaf_hash(entry)`` at ``receipt.index`` against the checkpoint's root. The ``extra``
     data is not looked at. Returns the verified checkpoint.
 
-    Raises the errors of :func:`~merkle.policy.verify_checkpoint` (MalformedError, NoteError
-    subclasses, PolicyError), then ProofError if the index is not below the tree size or the
-    proof does not lead to the root.
+    The checkpoint note was parsed, and found well-formed, when the receipt was made. Raises
+    the errors of :func:`~merkle.policy.verify_checkpoint` (NoteError subclasses,
+    PolicyError), then ProofError if the index is not below the tree size or the proof does
+    not lead to the root.
     """
-    checkpoint, _ = verify_checkpoint(policy, receipt.checkpoint)
+    checkpoint = receipt._parsed_checkpoint
+    verify_parsed_checkpoint(policy, receipt._note, checkpoint)
     if receipt.index >= checkpoint.tree_size:
         raise ProofError(
             f"receipt index {receipt.index} is not below the tree size {checkpoint.tree_size}"

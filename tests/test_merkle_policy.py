@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from merkle.checkpoint import Checkpoint, format_checkpoint
+from merkle.checkpoint import Checkpoint, format_checkpoint, parse_checkpoint
 from merkle.cosignature import CosignatureSigner
 from merkle.errors import (
     MalformedError,
@@ -24,7 +24,7 @@ from merkle.errors import (
     UnknownKeyError,
     UnverifiedNoteError,
 )
-from merkle.note import Ed25519Signer, add_signatures, sign_note
+from merkle.note import Ed25519Signer, add_signatures, parse_note, sign_note
 from merkle.policy import (
     MAX_POLICY_ITEMS,
     Policy,
@@ -34,6 +34,7 @@ from merkle.policy import (
     format_policy,
     parse_policy,
     verify_checkpoint,
+    verify_parsed_checkpoint,
 )
 
 ORIGIN = "log.example.com/oauth/2026"
@@ -288,6 +289,15 @@ def test_verify_checkpoint_quorum(cosigners: list[str], met: bool) -> None:
     else:
         with pytest.raises(PolicyError, match="X-and-Y"):
             verify_checkpoint(policy, note)
+
+
+def test_verify_parsed_checkpoint() -> None:
+    policy = parse_policy(SPEC_POLICY)
+    good = parse_note(_cosigned(["X1", "X2", "Y3"]))
+    verify_parsed_checkpoint(policy, good, parse_checkpoint(good.text))
+    short = parse_note(_cosigned(["X1", "Y3"]))
+    with pytest.raises(PolicyError):
+        verify_parsed_checkpoint(policy, short, parse_checkpoint(short.text))
 
 
 def test_verify_checkpoint_quorum_none() -> None:
