@@ -37,7 +37,7 @@ from merkle.compact import CompactRange
 from merkle.errors import MerkleError
 from merkle.hashing import EMPTY_ROOT
 from merkle.note import Ed25519Signer, sign_note
-from merkle.tiles import TILE_WIDTH, extend_tiles, tiles_for_size
+from merkle.tiles import TILE_WIDTH, edge_tiles, extend_tiles, tiles_for_size
 from merkle.tree import Node, build_inclusion_proof, inclusion_nodes, root_from_hashes, root_nodes
 from server.storage.base import (
     Batch,
@@ -139,7 +139,7 @@ class _State:
 
 
 def _edge_keys(tree_size: int) -> list[TileKey]:
-    return [(t.level, t.index) for t in tiles_for_size(tree_size) if t.width < TILE_WIDTH]
+    return [(t.level, t.index) for t in edge_tiles(tree_size)]
 
 
 async def verify_tiles(storage: Storage, checkpoint: Checkpoint, *, full: bool) -> None:
