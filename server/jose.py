@@ -207,8 +207,11 @@ def _parse_key_text(data: bytes) -> tuple[Any, dict[str, Any] | None]:
     if len(data) > MAX_KEY_TEXT:
         raise JoseError("invalid_key", f"key text is larger than {MAX_KEY_TEXT} bytes")
     stripped = data.strip()
-    if stripped.startswith(b"{"):
-        jwk = _json_object(stripped, "the JWK")
+    if stripped.startswith((b"{", b"[")):
+        try:
+            jwk = _json_object(stripped, "the JWK")
+        except JoseError as exc:
+            raise JoseError("invalid_key", exc.description) from None
         return _key_from_jwk(jwk), jwk
     if b"PRIVATE KEY" in stripped:
         raise JoseError("invalid_key", "this is a private key; give the public key")
@@ -268,6 +271,20 @@ def _thumbprint_of(key: Any) -> str:
     )
 
 
+def _raw_key_text(text: bytes) -> bytes:
+    """Decode canonical standard base64 (padded) or unpadded base64url. Raises JoseError."""
+    try:
+        ascii_text = text.decode("ascii")
+        if "-" in ascii_text or "_" in ascii_text or len(ascii_text) % 4:
+            return b64url_decode(ascii_text, what="the key")
+        raw = base64.b64decode(ascii_text, validate=True)
+    except (UnicodeDecodeError, binascii.Error, JoseError):
+        raise JoseError("invalid_key", "give a PEM, a JWK or base64 of 32 bytes") from None
+    if base64.b64encode(raw).decode("ascii") != ascii_text:
+        raise JoseError("invalid_key", "the key is not canonical base64")
+    return raw
+
+
 def load_ed25519_key(data: bytes) -> bytes:
     """Read a submitter's Ed25519 event key and return the raw 32-byte public key.
 
@@ -278,11 +295,7 @@ def load_ed25519_key(data: bytes) -> bytes:
     if stripped.startswith((b"{", b"-----BEGIN")):
         key, _ = _parse_key_text(stripped)
     else:
-        try:
-            text = stripped.decode("ascii")
-            raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
-        except (UnicodeDecodeError, binascii.Error):
-            raise JoseError("invalid_key", "give a PEM, a JWK or base64 of 32 bytes") from None
+        raw = _raw_key_text(stripped)
         if len(raw) != 32:
             raise JoseError("invalid_key", "a raw Ed25519 public key is 32 bytes")
         key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
