@@ -148,6 +148,8 @@ def run(settings: Settings) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per witness request is noise at info level; failures are logged by Etch itself.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
     return asyncio.run(serve(settings))
 
 
