@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from client.tokens import token_ref
+from merkle.note import Ed25519Signer
 from server.codec import Limits
 from server.ingest import OAuthSettings, create_oauth_app
 from server.log import LogService
@@ -385,14 +386,17 @@ async def open_oauth_log(
     settings: OAuthSettings | None = None,
     *,
     limits: Limits | None = None,
-    signer_origin: str = ORIGIN,
+    signer: Ed25519Signer | None = None,
 ) -> AsyncIterator[OAuthLog]:
-    """Run a log with the OAuth layer on ``url`` in process, on the fixed test clock."""
+    """Run a log with the OAuth layer on ``url`` in process, on the fixed test clock.
+
+    Pass the same ``signer`` (the log's key) to reopen a log.
+    """
     storage = open_storage(url)
     assert isinstance(storage, SQLiteStorage | PostgresStorage)
     clock = FixedClock()
     service = LogService(
-        storage, make_signer(signer_origin), signer_origin, batch_period=0.002, clock=clock
+        storage, signer or make_signer(ORIGIN), ORIGIN, batch_period=0.002, clock=clock
     )
     app = create_oauth_app(service, storage, settings, limits=limits)
     async with app.router.lifespan_context(app):
