@@ -1,0 +1,1 @@
+"""Runnable examples of Etch in use (not installed with the package)."""
