@@ -20,6 +20,16 @@ COMMAND_MODULES = (
     "client.commands.serve",
     "client.commands.submitter",
     "client.commands.reader",
+    "client.commands.witness",
+    "client.commands.keygen",
+    "client.commands.submit",
+    "client.commands.checkpoint",
+    "client.commands.lookup",
+    "client.commands.receipt",
+    "client.commands.verify",
+    "client.commands.monitor",
+    "client.commands.audit",
+    "client.commands.evidence",
 )
 """The modules that define ``etch`` subcommands, in the order ``etch --help`` lists them."""
 
