@@ -645,7 +645,8 @@ class Emitter:
     receives the metrics.
 
     Raises SpoolError / SpoolLockedError when the spool cannot be opened or is in use,
-    ValueError for a malformed ``log_url`` or ``log_vkey``.
+    ValueError for a malformed ``log_url`` or ``log_vkey``, or when ``registry`` already holds
+    another emitter's metrics (give each emitter its own registry).
     """
 
     def __init__(
@@ -700,6 +701,7 @@ class Emitter:
         self._halt = threading.Event()
         self._writer_idle = False
         self._urgent = False
+        self._streak = 0
         self._closing = False
         self._closed = False
 
@@ -723,19 +725,34 @@ class Emitter:
         self._queue_full_warned = False
 
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.registry.register(_StatsCollector(self))
         self._latency = Histogram(
             "etch_emitter_delivery_seconds",
             "Time from spooling an event to holding its verified receipt.",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
-            registry=self.registry,
+            registry=None,
         )
         self._commit_seconds = Histogram(
             "etch_emitter_commit_seconds",
             "Duration of one group commit to the spool.",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
-            registry=self.registry,
+            registry=None,
         )
+        registered: list[Collector] = []
+        try:
+            collectors: tuple[Collector, ...] = (
+                _StatsCollector(self), self._latency, self._commit_seconds
+            )
+            for collector in collectors:
+                self.registry.register(collector)
+                registered.append(collector)
+        except ValueError:
+            # Another emitter's metrics are in this registry: undo, release the spool.
+            for collector in registered:
+                self.registry.unregister(collector)
+            for spool in (self._writer_spool, self._delivery_spool, self._reader_spool):
+                spool.close()
+            self._lock_file.release()
+            raise
 
         self._writer = threading.Thread(
             target=self._writer_main, name="etch-emitter-writer", daemon=True
@@ -996,9 +1013,11 @@ class Emitter:
                     continue
                 delay, batch_limit = self._deliver(client, spool, rows, batch_limit)
                 if delay is None:
-                    failures = 0
+                    if failures:
+                        log.info("emitter: the log takes events again after %d failures", failures)
+                    failures = self._streak = 0
                     continue
-                failures += 1
+                failures = self._streak = failures + 1
                 backoff = min(
                     self.config.backoff_max, self.config.backoff_base * 2 ** min(failures - 1, 30)
                 )
@@ -1018,11 +1037,11 @@ class Emitter:
         self._deliver_wake.wait(timeout)
         self._deliver_wake.clear()
 
-    def _note_error(self, message: str) -> None:
-        """Remember the newest delivery problem and log it."""
+    def _note_error(self, message: str, level: int = logging.WARNING) -> None:
+        """Remember the newest delivery problem and log it at ``level``."""
         with self._state:
             self._last_error = message
-        log.warning("emitter: %s", message)
+        log.log(level, "emitter: %s", message)
 
     def _body(self, rows: Sequence[SpooledEvent]) -> tuple[bytes, int]:
         """Return the JSON batch body for a prefix of ``rows`` and how many it holds."""
@@ -1089,7 +1108,8 @@ class Emitter:
         """Count a transient delivery failure (the batch will be retried)."""
         with self._state:
             self._retries += 1
-        self._note_error(message)
+        # The first failure of a streak is a warning; the retries that follow are debug noise.
+        self._note_error(message, logging.WARNING if self._streak == 0 else logging.DEBUG)
 
     def _settle_refused(self, spool: Spool, row: SpooledEvent, status: int, content: bytes) -> None:
         """Record a single event refused as a whole request (e.g. 413) as failed."""

@@ -330,8 +330,9 @@ def test_resubmission_after_lost_receipts_is_answered_as_duplicate(
 
 
 def test_log_down_for_many_retries_loses_nothing(
-    make: Callable[..., Emitter], fake: FakeLog
+    make: Callable[..., Emitter], fake: FakeLog, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="client.emitter")
     fake.down = True
     emitter = make()
     jtis = {emitter.emit(event(i)) for i in range(200)}
@@ -346,6 +347,10 @@ def test_log_down_for_many_retries_loses_nothing(
     assert emitter.flush(20.0)
     assert {e["jti"] for e in fake.events} == jtis
     assert emitter.stats().delivered == 200
+    # One warning for the outage, one line when it ends; the retries in between are debug.
+    emitter_records = [r for r in caplog.records if r.name == "client.emitter"]
+    assert [r.levelno for r in emitter_records].count(logging.WARNING) == 1
+    assert any("takes events again" in r.getMessage() for r in emitter_records)
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 401, 403, 404])
@@ -711,3 +716,14 @@ def test_load_signing_key_formats(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=r"bad\.key") as info:
             load_signing_key(bad)
         assert signer.private_key not in str(info.value)
+
+
+def test_one_registry_per_emitter(
+    make: Callable[..., Emitter], tmp_path: Path
+) -> None:
+    registry = CollectorRegistry()
+    make(registry=registry)
+    with pytest.raises(ValueError, match="Duplicated"):
+        make(registry=registry, spool_path=tmp_path / "other.db")
+    # The refused emitter released its spool: another one can take it.
+    make(spool_path=tmp_path / "other.db")
