@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -53,6 +54,8 @@ __all__ = [
     "FlakyStorage",
     "InProcessLog",
     "LogProcess",
+    "RawConnection",
+    "RawResponse",
     "RootTracker",
     "TreeSnapshot",
     "b64d",
@@ -493,6 +496,68 @@ class FlakyStorage:
 # -- real processes ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """An HTTP response as read off the wire: status, lower-cased headers, body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection, for load: a request is written at once and the
+    response read by its Content-Length.
+
+    Cheap enough that 32 of them keep a log busy on a small machine, where a shared
+    ``httpx.AsyncClient`` spends more time in its pool than the server spends answering. A
+    lost connection raises ``OSError`` or ``asyncio.IncompleteReadError``: the outcome of that
+    request is unknown.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawConnection:
+        """Connect to ``127.0.0.1:port``."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def post_json(self, path: str, value: Any) -> RawResponse:
+        """POST ``value`` as JSON to ``path`` and read the whole response."""
+        body = json.dumps(value, separators=(",", ":")).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self._writer.write(head.encode("ascii") + body)
+        await self._writer.drain()
+        status_line, *lines = (
+            (await self._reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        )
+        headers = {}
+        for line in lines:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        return RawResponse(
+            int(status_line.split(" ")[1]), headers, await self._reader.readexactly(length)
+        )
+
+    async def close(self) -> None:
+        """Close the connection, ignoring a peer that is already gone."""
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -509,7 +574,10 @@ def _clean_environ() -> dict[str, str]:
 class LogProcess:
     """``python -m server`` on a free 127.0.0.1 port: start, wait until healthy, kill, restart.
 
-    Output goes to ``<data_dir>-server-<n>.log`` beside the data directory, one file per start.
+    It runs the bare engine (``--intake raw``: any bounded map is an event), as the in-process
+    tests do.
+
+        Output goes to ``<data_dir>-server-<n>.log`` beside the data directory, one file per start.
     """
 
     def __init__(
@@ -555,6 +623,8 @@ class LogProcess:
             str(self.batch_period_ms),
             "--log-level",
             "warning",
+            "--intake",
+            "raw",
             *self.extra_args,
         ]
         if self.database_url is not None:
