@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from merkle.checkpoint import Checkpoint, format_checkpoint, open_checkpoint
 from merkle.compact import CompactRange
 from merkle.errors import MerkleError
-from merkle.hashing import EMPTY_ROOT
+from merkle.hashing import EMPTY_ROOT, HASH_SIZE, leaf_hash
 from merkle.note import Ed25519Signer, sign_note
 from merkle.tiles import TILE_WIDTH, edge_tiles, extend_tiles, tiles_for_size
 from merkle.tree import Node, build_inclusion_proof, inclusion_nodes, root_from_hashes, root_nodes
@@ -146,8 +146,9 @@ async def verify_tiles(storage: Storage, checkpoint: Checkpoint, *, full: bool) 
     """Check that the stored tiles reproduce ``checkpoint``'s root. Raises IntegrityFailure.
 
     With ``full``, every stored tile of the tree is read and every level-(L+1) hash recomputed
-    from the level-L tile below it, so an altered hash anywhere in the tree is found; otherwise
-    only the tiles on the right edge that make up the root are used.
+    from the level-L tile below it, and every stored entry is re-hashed and compared with its
+    level-0 tile hash (ARCHITECTURE.md invariant 4), so an altered hash or entry anywhere in the
+    tree is found; otherwise only the tiles on the right edge that make up the root are used.
     """
     size = checkpoint.tree_size
     reader = TreeReader(storage, cache_tiles=0)
@@ -186,6 +187,28 @@ async def verify_tiles(storage: Storage, checkpoint: Checkpoint, *, full: bool) 
                         f"tile {key} hashes to {computed.hex()}, but tile {upper_key} holds "
                         f"{upper_data[j * 32 : (j + 1) * 32].hex()} for it"
                     )
+                if level == 0:
+                    await _verify_entries(storage, key[1], data)
+    if size % TILE_WIDTH:
+        key = (0, size // TILE_WIDTH)
+        partial = (await storage.read_tiles([key])).get(key)
+        if partial is None:
+            raise IntegrityFailure(f"tile {key} is missing")
+        await _verify_entries(storage, key[1], partial[: (size % TILE_WIDTH) * HASH_SIZE])
+
+
+async def _verify_entries(storage: Storage, tile_index: int, data: bytes) -> None:
+    """Re-hash the stored entries under one level-0 tile's hashes. Raises IntegrityFailure."""
+    start = tile_index * TILE_WIDTH
+    width = len(data) // HASH_SIZE
+    entries = await storage.read_entries(start, start + width)
+    if len(entries) != width:
+        raise IntegrityFailure(f"entries {start} to {start + width - 1} are not all stored")
+    for offset, entry in enumerate(entries):
+        if leaf_hash(entry) != data[offset * HASH_SIZE : (offset + 1) * HASH_SIZE]:
+            raise IntegrityFailure(
+                f"entry {start + offset} does not hash to its leaf hash in tile {(0, tile_index)}"
+            )
 
 
 class Sequencer:
