@@ -399,7 +399,8 @@ class FlakyStorage:
     ``lose_commit_answers``: that many next commits are applied, then raise StorageUnavailable
     (the database committed, the connection dropped before the answer).
     ``fail_commits``: that many next commits raise StorageUnavailable without being applied.
-    ``commit_sizes`` records the number of entries of every applied commit.
+    ``commit_sizes`` records the number of entries of every applied commit, ``loads`` counts
+    the calls of ``load_state`` that reached the real storage.
     """
 
     def __init__(self, inner: Storage) -> None:
@@ -408,6 +409,7 @@ class FlakyStorage:
         self.lose_commit_answers = 0
         self.fail_commits = 0
         self.commit_sizes: list[int] = []
+        self.loads = 0
         self.calls = 0
 
     def _check(self) -> None:
@@ -424,6 +426,7 @@ class FlakyStorage:
 
     async def load_state(self) -> LogState | None:
         self._check()
+        self.loads += 1
         return await self.inner.load_state()
 
     async def commit(self, previous: bytes | None, batch: Batch) -> None:

@@ -269,6 +269,7 @@ async def test_commit_applied_but_answer_lost(url: str) -> None:
             await log.submit_ok(event)
         _, before = await log.checkpoint()
 
+        loads = flaky.loads
         flaky.lose_commit_answers = 1
         lost = [{"lost": i} for i in range(5)]
         responses = await asyncio.gather(*(log.submit(e) for e in lost))
@@ -283,6 +284,7 @@ async def test_commit_applied_but_answer_lost(url: str) -> None:
         # New submissions are appended after the lost batch (the log reloaded and verified).
         fresh = await log.submit_ok({"after": 1})
         assert (fresh["index"], fresh["duplicate"]) == (9, False)
+        assert flaky.loads > loads
         # The clients retry: each gets the index its entry was committed at, nothing is doubled.
         retried = [await log.submit_ok(e) for e in lost]
         assert all(r["duplicate"] is True for r in retried)

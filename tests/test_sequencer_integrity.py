@@ -1,5 +1,5 @@
-"""Start-up integrity (ARCHITECTURE.md invariant 3): a log whose stored hashes, frontier or
-checkpoint were altered behind its back refuses to start, and says why.
+"""Start-up integrity (ARCHITECTURE.md invariants 3 and 4): a log whose stored hashes, entries,
+frontier or checkpoint were altered behind its back refuses to start, and says why.
 
 One log of 300 entries per backend is built through the API (a full level-0 tile, a partial one,
 a partial level-1 tile). Each case alters the database directly, checks that the service refuses
@@ -102,6 +102,31 @@ class RawDb:
             compact_range,
         )
 
+    async def entry(self, index: int) -> tuple[bytes, int, bytes] | None:
+        """``(data, log_time, leaf_hash)`` of the entry at ``index``, or ``None``."""
+        rows = await self.run(
+            "SELECT e.data, e.log_time, h.leaf_hash FROM entries e"
+            " JOIN leaf_hashes h ON h.leaf_index = e.leaf_index WHERE e.leaf_index = $1",
+            index,
+        )
+        return (bytes(rows[0][0]), int(rows[0][1]), bytes(rows[0][2])) if rows else None
+
+    async def set_entry(self, index: int, row: tuple[bytes, int, bytes] | None) -> None:
+        """Replace (or with ``None`` delete) the entry at ``index`` and its leaf hash row."""
+        await self.run("DELETE FROM leaf_hashes WHERE leaf_index = $1", index)
+        await self.run("DELETE FROM entries WHERE leaf_index = $1", index)
+        if row is not None:
+            data, log_time, value = row
+            await self.run(
+                "INSERT INTO entries (leaf_index, data, log_time) VALUES ($1, $2, $3)",
+                index,
+                data,
+                log_time,
+            )
+            await self.run(
+                "INSERT INTO leaf_hashes (leaf_hash, leaf_index) VALUES ($1, $2)", value, index
+            )
+
     async def history(self) -> list[bytes]:
         rows = await self.run("SELECT note FROM checkpoints ORDER BY tree_size")
         return [bytes(row[0]) for row in rows]
@@ -186,6 +211,24 @@ def delete_tile(key: TileKey) -> Tamper:
     return tamper
 
 
+def alter_entry(index: int) -> Tamper:
+    """Replace an entry's bytes (its stored leaf hash and the tiles are left alone)."""
+
+    async def tamper(db: RawDb) -> None:
+        row = await db.entry(index)
+        assert row is not None
+        await db.set_entry(index, (flip(row[0], len(row[0]) - 1), row[1], row[2]))
+
+    return tamper
+
+
+def delete_entry(index: int) -> Tamper:
+    async def tamper(db: RawDb) -> None:
+        await db.set_entry(index, None)
+
+    return tamper
+
+
 async def alter_compact_range(db: RawDb) -> None:
     checkpoint, size, compact = await db.state()
     await db.set_state(checkpoint, size, flip(compact, len(compact) - 5))
@@ -229,6 +272,9 @@ CASES: dict[str, tuple[Tamper, str]] = {
     "partial-tile-truncated": (truncate_tile((0, 1)), "cover|tile"),
     "partial-tile-missing": (delete_tile((0, 1)), "cover|tile"),
     "full-tile-missing": (delete_tile((0, 0)), "cover|tile"),
+    "entry-in-full-tile": (alter_entry(5), "entry 5"),
+    "entry-in-partial-tile": (alter_entry(300), "entry 300"),
+    "entry-missing": (delete_entry(302), "entries"),
     "compact-range": (alter_compact_range, "compact range"),
     "tree-size": (alter_tree_size, "sizes"),
     "checkpoint-root": (alter_checkpoint_root, "checkpoint"),
@@ -244,6 +290,7 @@ async def test_altered_database_refuses_to_start(built: BuiltLog, case: str) -> 
     db = RawDb(built.url)
     state = await db.state()
     tiles = {key: await db.tile(key) for key in ((0, 0), (0, 1), (1, 0))}
+    entries = {index: await db.entry(index) for index in (5, 300, 302)}
     assert state[1] == 303
     await tamper(db)
     try:
@@ -258,6 +305,8 @@ async def test_altered_database_refuses_to_start(built: BuiltLog, case: str) -> 
         await db.set_state(*state)
         for key, data in tiles.items():
             await db.set_tile(key, data)
+        for index, row in entries.items():
+            await db.set_entry(index, row)
     service = await start(built)  # restored: it starts, so the alteration alone was refused
     try:
         assert service.tree_size == 303
