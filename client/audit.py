@@ -62,7 +62,6 @@ __all__ = [
 AUDIT_STATE_FORMAT: Final = "etch-audit-state/v1"
 """Value of ``format`` in the audit's progress file."""
 
-_SAVE_EVERY: Final = 2.0
 _TILE_BYTES: Final = TILE_WIDTH * HASH_SIZE
 _sha256 = hashlib.sha256
 
@@ -133,9 +132,10 @@ class _Progress:
 class Auditor:
     """Audits one log completely with a :class:`LogClient`.
 
-    ``state_path`` keeps the progress (``None``: no resumption); ``progress`` is called about
-    every ``progress_every`` seconds; ``checkpoints`` are extra ``(source, note)`` pairs to
-    check; ``window`` is how many level-0 tiles are fetched ahead.
+    ``state_path`` keeps the progress (``None``: no resumption), written about every
+    ``save_every`` seconds; ``progress`` is called about every ``progress_every`` seconds;
+    ``checkpoints`` are extra ``(source, note)`` pairs to check; ``window`` is how many
+    level-0 tiles are fetched ahead; ``witnesses`` asks the policy's witnesses for theirs.
     """
 
     def __init__(
@@ -148,6 +148,7 @@ class Auditor:
         checkpoints: Sequence[tuple[str, bytes]] = (),
         window: int = 16,
         witnesses: bool = True,
+        save_every: float = 2.0,
     ) -> None:
         """Prepare an audit; nothing is fetched yet. Raises ConfigurationError."""
         if window < 1:
@@ -159,6 +160,7 @@ class Auditor:
         self.extra = tuple(checkpoints)
         self.window = window
         self.witnesses = witnesses
+        self.save_every = save_every
         self.tiles_read = 0
 
     # -- progress file --------------------------------------------------------------------------
@@ -342,7 +344,7 @@ class Auditor:
                 else:
                     await self._finish(target, progress, hashes)
                 now = time.monotonic()
-                if now - last_save >= _SAVE_EVERY and len(hashes) == TILE_WIDTH:
+                if now - last_save >= self.save_every and len(hashes) == TILE_WIDTH:
                     self._save(origin, vkey, progress)
                     last_save = now
                 if now - last_report >= self.progress_every:

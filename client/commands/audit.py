@@ -91,7 +91,7 @@ class ProgressPrinter:
         self.out = out
         self.tty = out.isatty() if tty is None else tty
         self.every = every
-        self._last = 0.0
+        self._last: float | None = None
 
     def __call__(self, progress: AuditProgress) -> None:
         """Show one progress report."""
@@ -109,7 +109,8 @@ class ProgressPrinter:
             self.out.flush()
             return
         now = time.monotonic()
-        if progress.done < progress.total and now - self._last < self.every:
+        recent = self._last is not None and now - self._last < self.every
+        if progress.done < progress.total and recent:
             return
         self._last = now
         self.out.write(
