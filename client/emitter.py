@@ -120,7 +120,7 @@ from client.spool import (
     SpoolLock,
     StoredReceipt,
 )
-from merkle.checkpoint import open_checkpoint
+from merkle.checkpoint import Checkpoint, open_checkpoint
 from merkle.errors import MalformedError, MerkleError
 from merkle.hashing import HASH_SIZE, leaf_hash
 from merkle.note import (
@@ -350,6 +350,7 @@ def verify_result(
     log_verifier: Verifier,
     *,
     submitter: str | None = None,
+    verified: dict[bytes, Checkpoint] | None = None,
 ) -> tuple[int, bytes, int, bytes, bytes, bytes, bool]:
     """Verify one result of ``POST /v1/events/batch`` for the event sent; return its parts.
 
@@ -365,6 +366,10 @@ def verify_result(
       of exactly ``v`` (1), ``event`` (equal to the event sent), ``signature`` (the raw bytes
       sent), ``submitter`` (equal to ``submitter`` when given) and an integer ``log_time``;
     * ``receipt`` is the C2SP tlog-proof of the same index, proof and checkpoint.
+
+    ``verified`` caches checkpoint notes whose signature already verified (one per batch:
+    every result of a batch usually shares its checkpoint); pass the same dict for one
+    ``log_verifier`` only.
 
     Returns ``(index, leaf_hash, tree_size, checkpoint note, receipt text, entry, duplicate)``.
     Raises ReceiptError naming the first check that failed.
@@ -391,7 +396,11 @@ def verify_result(
         raise ReceiptError("the entry does not hash to the leaf hash")
     _check_entry(entry, event, signature, submitter)
     try:
-        parsed, _, _ = open_checkpoint(checkpoint, log_verifier)
+        parsed = verified.get(checkpoint) if verified is not None else None
+        if parsed is None:
+            parsed, _, _ = open_checkpoint(checkpoint, log_verifier)
+            if verified is not None:
+                verified[checkpoint] = parsed
         if parsed.tree_size != tree_size:
             raise ReceiptError(
                 f"the checkpoint is for size {parsed.tree_size}, the answer says {tree_size}"
@@ -882,7 +891,15 @@ class Emitter:
                 self._wake.wait(self.config.commit_interval)
                 self._wake.clear()
             self._urgent = False
-            carry = self._commit_group(carry)
+            try:
+                carry = self._commit_group(carry)
+            except Exception:
+                # A bug must not stop the writer: later events still need it.
+                log.exception("emitter writer: unexpected error; the group in hand is lost")
+                carry = []
+                with self._state:
+                    self._in_writer = 0
+                    self._state.notify_all()
             if carry:
                 if self._closing and self._halt.is_set():
                     log.error("emitter closing: %d events could not be written", len(carry))
@@ -1011,10 +1028,13 @@ class Emitter:
                 if not rows:
                     self._idle_wait(spool)
                     continue
-                delay, batch_limit = self._deliver(client, spool, rows, batch_limit)
+                try:
+                    delay, batch_limit = self._deliver(client, spool, rows, batch_limit)
+                except Exception:
+                    # A bug must not stop delivery: the events stay spooled; try again later.
+                    log.exception("emitter delivery: unexpected error")
+                    delay = 0.0
                 if delay is None:
-                    if failures:
-                        log.info("emitter: the log takes events again after %d failures", failures)
                     failures = self._streak = 0
                     continue
                 failures = self._streak = failures + 1
@@ -1085,6 +1105,8 @@ class Emitter:
             self._transient(f"cannot reach the log: {type(exc).__name__}")
             return 0.0, batch_limit
         if status == 200:
+            if self._streak:
+                log.info("emitter: the log takes events again after %d failures", self._streak)
             try:
                 results = json.loads(content)["results"]
             except (ValueError, KeyError, TypeError):
@@ -1124,6 +1146,7 @@ class Emitter:
     def _settle(self, spool: Spool, rows: Sequence[SpooledEvent], results: Sequence[Any]) -> None:
         """Verify each result, then record deliveries, refusals and deferrals at once."""
         now = _now_ms()
+        verified: dict[bytes, Checkpoint] = {}
         delivered: list[StoredReceipt] = []
         refused: list[Refusal] = []
         deferred: list[Deferral] = []
@@ -1141,7 +1164,8 @@ class Emitter:
                 if not isinstance(result, dict):
                     raise ReceiptError("a result is not a JSON object")
                 index, value, size, note, receipt, entry, duplicate = verify_result(
-                    result, row.event, row.signature, self._verifier, submitter=self._submitter
+                    result, row.event, row.signature, self._verifier,
+                    submitter=self._submitter, verified=verified,
                 )
             except ReceiptError as exc:
                 with self._state:

@@ -727,3 +727,36 @@ def test_one_registry_per_emitter(
         make(registry=registry, spool_path=tmp_path / "other.db")
     # The refused emitter released its spool: another one can take it.
     make(spool_path=tmp_path / "other.db")
+
+
+def test_threads_survive_unexpected_errors(
+    make: Callable[..., Emitter], fake: FakeLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import client.emitter as module
+
+    real_sign = module.sign_event
+    real_settle = module.Emitter._settle
+    failures = {"sign": 1, "settle": 1}
+
+    def flaky_sign(event: Any, key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
+        if failures["sign"]:
+            failures["sign"] -= 1
+            raise RuntimeError("bug in the writer")
+        return real_sign(event, key)
+
+    def flaky_settle(self: Emitter, *args: Any) -> None:
+        if failures["settle"]:
+            failures["settle"] -= 1
+            raise RuntimeError("bug in delivery")
+        real_settle(self, *args)
+
+    monkeypatch.setattr(module, "sign_event", flaky_sign)
+    monkeypatch.setattr(module.Emitter, "_settle", flaky_settle)
+    emitter = make()
+    emitter.emit(event(1))  # lost with the writer's bug (and logged)
+    wait_for(lambda: failures["sign"] == 0)
+    jti = emitter.emit_durable(event(2))
+    assert emitter.flush(10.0)
+    assert failures["settle"] == 0
+    assert [e["jti"] for e in fake.events] == [jti]
+    assert emitter.receipt(jti) is not None
