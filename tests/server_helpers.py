@@ -215,12 +215,12 @@ class TreeSnapshot:
     leaf_hashes: tuple[bytes, ...]
 
 
-def _tiles_of_level(count: int) -> list[Tile]:
-    """Tiles holding ``count`` hashes of one level, the last one partial when needed."""
-    tiles = [Tile(0, i) for i in range(count // TILE_WIDTH)]
+def _tile_widths(count: int) -> list[tuple[int, int]]:
+    """``(index, width)`` of the tiles holding ``count`` hashes of one level (last one partial)."""
+    widths = [(i, TILE_WIDTH) for i in range(count // TILE_WIDTH)]
     if count % TILE_WIDTH:
-        tiles.append(Tile(0, count // TILE_WIDTH, count % TILE_WIDTH))
-    return tiles
+        widths.append((count // TILE_WIDTH, count % TILE_WIDTH))
+    return widths
 
 
 async def _get_bytes(client: httpx.AsyncClient, path: str) -> bytes:
@@ -233,26 +233,27 @@ async def _get_bytes(client: httpx.AsyncClient, path: str) -> bytes:
 async def read_tree(client: httpx.AsyncClient, tree_size: int) -> TreeSnapshot:
     """Read every tile and entry bundle of ``tree_size`` and cross-check them.
 
-    Checks: each entry's leaf hash equals its level-0 tile hash; each level-1 tile hash is the
-    root of the level-0 tile below it; a full tile equals the prefix served as a partial one.
-    Levels above 1 are not read (the tests stay below 256**2 * 256 leaves).
+    Checks: every tile has the width the size implies; each entry's leaf hash equals its
+    level-0 tile hash; each level-1 tile hash is the root (recomputed here) of the full level-0
+    tile below it. Levels above 1 are not read: callers check the root from the leaf hashes.
     """
     level0: list[bytes] = []
     entries: list[bytes] = []
-    for tile in _tiles_of_level(tree_size):
-        data = await _get_bytes(client, format_tile_path(Tile(0, tile.index, tile.width)))
-        assert len(data) == 32 * tile.width
+    for index, width in _tile_widths(tree_size):
+        data = await _get_bytes(client, format_tile_path(Tile(0, index, width)))
+        assert len(data) == 32 * width
         hashes = [data[i : i + 32] for i in range(0, len(data), 32)]
-        bundle = await _get_bytes(client, format_tile_path(Tile(-1, tile.index, tile.width)))
+        bundle = await _get_bytes(client, format_tile_path(Tile(-1, index, width)))
         tile_entries = parse_entry_bundle(bundle)
-        assert len(tile_entries) == tile.width
+        assert len(tile_entries) == width
         assert [leaf_hash(e) for e in tile_entries] == hashes
         level0 += hashes
         entries += tile_entries
     level1_count = tree_size // TILE_WIDTH
     level1: list[bytes] = []
-    for tile in _tiles_of_level(level1_count):
-        data = await _get_bytes(client, format_tile_path(Tile(1, tile.index, tile.width)))
+    for index, width in _tile_widths(level1_count):
+        data = await _get_bytes(client, format_tile_path(Tile(1, index, width)))
+        assert len(data) == 32 * width
         level1 += [data[i : i + 32] for i in range(0, len(data), 32)]
     for j, value in enumerate(level1):
         assert value == subtree_root(level0[j * TILE_WIDTH : (j + 1) * TILE_WIDTH])

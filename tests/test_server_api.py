@@ -302,6 +302,7 @@ async def test_tiles_beyond_the_tree_are_not_found(log: InProcessLog) -> None:
         check_problem(await log.client.get("/" + path), "not-found", 404)
 
 
+@pytest.mark.slow
 async def test_big_tree_level_one_full_tile(url: str) -> None:
     """A log of 65,836 entries (stored directly, then served): level-1 full, level-2 partial."""
     signer = make_signer()
