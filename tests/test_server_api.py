@@ -72,7 +72,7 @@ async def test_submit_json_then_identical_resubmission(log: InProcessLog) -> Non
     body = first.json()
     assert body["duplicate"] is False
     assert body["index"] == 0
-    checkpoint = open_note(body["checkpoint"].encode(), log.verifier)
+    checkpoint = check_submit_result(body, entry_bytes(event), log.verifier, vkey=log.vkey)
     assert checkpoint.origin == log.service.origin
     assert checkpoint.tree_size == 1
 
