@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import uvicorn
@@ -282,7 +282,7 @@ class TamperingLog:
 class ServedApp:
     """A Starlette app on a real uvicorn server in a background thread (127.0.0.1)."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette | Callable[[Any, Any, Any], Awaitable[None]]) -> None:
         self.app = app
         self.port = 0
         self._server: uvicorn.Server | None = None

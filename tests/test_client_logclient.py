@@ -122,7 +122,7 @@ def evidence_files(tmp_path: Path, state: str = "state") -> list[Path]:
     return sorted((tmp_path / state / "evidence").glob("*.json"))
 
 
-# -- happy paths ---------------------------------------------------------------------------------
+# -- happy paths -----------------------------------------------------------------------------------
 
 
 async def test_first_use_trusts_the_verified_checkpoint(
@@ -327,7 +327,7 @@ def test_configuration_is_checked() -> None:
         LogClient("http://log.test", policy_for_vkey(log.vkey), credential="two words")
 
 
-# -- the log misbehaves: one test per way ------------------------------------------------------
+# -- the log misbehaves: one test per way ----------------------------------------------------------
 
 
 async def _trusted_size(client: LogClient, origin: str) -> int | None:
