@@ -21,6 +21,7 @@ from merkle.errors import MerkleError
 from merkle.policy import Policy, parse_policy
 from server.app import create_app
 from server.config import ConfigError, Settings, load_settings
+from server.explorer import install_explorer
 from server.ingest import OAuthSettings, create_oauth_app
 from server.keys import KeyFileError, load_or_create_log_key
 from server.log import LogService
@@ -114,6 +115,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
         service.collector = collector
         await collector.start()
     app = build_app(settings, service)
+    install_explorer(app, service, policy)  # GET /explorer (and / redirects there)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -52,6 +52,7 @@ from witness.errors import (
     UnknownLogError,
     WitnessError,
 )
+from witness.explorer import explorer_routes
 from witness.gossip import Gossip
 from witness.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from witness.storage.base import StoredRecord
@@ -361,5 +362,6 @@ def create_app(
         Route("/refused", list_refused, methods=["GET"]),
         Route("/refused/{origin_hash}", list_refused, methods=["GET"]),
         Route("/{origin_hash}/checkpoint", get_checkpoint, methods=["GET"]),
+        *explorer_routes(),  # GET /explorer: the witness page (witness.explorer)
     ]
     return Starlette(routes=routes, lifespan=lifespan)
