@@ -1382,9 +1382,20 @@ class LogClient:
         return data[: tile.width * HASH_SIZE]
 
     async def bundle(self, bundle_index: int, tree_size: int) -> list[bytes]:
-        """Return the entries of bundle ``bundle_index`` in a tree of ``tree_size`` (unchecked)."""
-        with _tile_errors():
-            return await self.tiles.fetch_entry_bundle(bundle_index, tree_size)
+        """Return the entries of bundle ``bundle_index`` in a tree of ``tree_size`` (unchecked).
+
+        Raises LogUnavailableError, LogResponseError (which hints at a reader credential when
+        the log refuses the read with 401 or 403).
+        """
+        try:
+            with _tile_errors():
+                return await self.tiles.fetch_entry_bundle(bundle_index, tree_size)
+        except LogResponseError as exc:
+            if isinstance(exc, NotFoundError) or not re.search(r"answered 40[13]\b", str(exc)):
+                raise
+            raise LogResponseError(
+                f"{exc}: entry contents need a reader's credential (--credential-file)"
+            ) from None
 
     async def entry(self, index: int, checkpoint: VerifiedCheckpoint) -> VerifiedEntry:
         """Fetch entry ``index`` from its bundle and verify its inclusion under ``checkpoint``.
