@@ -59,6 +59,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from itertools import accumulate
 from typing import Any, Final, TypeAlias, cast
 
 __all__ = [
@@ -427,29 +428,25 @@ _JSON_DECODER: Final = json.JSONDecoder(
     strict=True,
 )
 
-# One token per match: a JSON string (closing quote optional, so an unterminated string ends
-# the scan instead of being retried from every later quote) or a bracket. Linear time.
-_JSON_TOKEN: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
+# A JSON string, closing quote optional (so an unterminated string ends the scan instead of
+# being retried from every later quote): linear time. Then everything but brackets.
+_JSON_STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP: Final = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def _json_too_deep(text: str, max_depth: int) -> bool:
     """Tell whether bracket nesting in ``text`` goes beyond ``max_depth`` (strings skipped).
 
     Runs before json.loads so that deep input never reaches its recursive scanner. Invalid JSON
-    may be misjudged here; json.loads refuses it anyway.
+    may be misjudged here; json.loads refuses it anyway. Strings are cut out and the running
+    depth over the remaining brackets is summed in C (``map`` and ``accumulate``), so a batch
+    body costs microseconds per event, not a Python step per token.
     """
     if text.count("[") + text.count("{") <= max_depth:
         return False
-    depth = 0
-    for match in _JSON_TOKEN.finditer(text):
-        token = match.group()
-        if token in ("[", "{"):
-            depth += 1
-            if depth > max_depth:
-                return True
-        elif token in ("]", "}"):
-            depth -= 1
-    return False
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > max_depth
 
 
 def _parse_json(body: bytes, max_bytes: int, max_depth: int) -> object:
