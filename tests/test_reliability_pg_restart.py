@@ -1,7 +1,8 @@
 """PostgreSQL goes down and comes back while clients submit to a real log process using it.
 
 The log (``python -m server`` on PostgreSQL) keeps running throughout. While the database is
-down every submission is answered 503 with ``Retry-After`` (a problem document, never a hang or
+down (until every client has been refused at least once) every submission is answered 503 with
+``Retry-After`` (a problem document, never a hang or
 a 500); once it is back the log serves again by itself, without a restart of its own; and
 nothing it acknowledged is lost: every acknowledged event is in the tiles at its index under
 the final checkpoint, every checkpoint shown is consistent with the final one, and the events
@@ -119,7 +120,17 @@ async def test_postgres_restart_while_clients_submit(
         down_from = time.monotonic()
         await asyncio.to_thread(pg.stop, "fast")
         down = time.monotonic()
+        # Keep it down until every client has had a refusal (the log backs off between
+        # attempts, up to 2 s, so a refusal may take a while), at least 1 s, at most 20 s.
         await asyncio.sleep(1.0)
+        deadline = down + 20
+        while time.monotonic() < deadline:
+            turned_away = {
+                o.event["pg"] for o in record.outcomes if o.sent > down and o.status == 503
+            }
+            if len(turned_away) == CLIENTS:
+                break
+            await asyncio.sleep(0.05)
         up_from = time.monotonic()
         await asyncio.to_thread(pg.start)
         up = time.monotonic()
@@ -142,7 +153,7 @@ async def test_postgres_restart_while_clients_submit(
     during = [o for o in outcomes if o.sent > down and o.answered < up_from]
     after = [o for o in outcomes if o.sent > up and o.status == 201]
     assert len(before) >= CLIENTS, "hardly any submission before the outage"
-    assert during, "no submission was tried while PostgreSQL was down"
+    assert len({o.event["pg"] for o in during}) == CLIENTS, "a client got no refusal"
     for outcome in during:
         assert outcome.status == 503, outcome
         assert outcome.body["type"] == "urn:etch:error:unavailable"
