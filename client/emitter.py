@@ -693,10 +693,11 @@ class Emitter:
         self._path = Path(spool_path)
 
         self._lock_file = SpoolLock(self._path)
+        write_lock = threading.Lock()
         try:
-            self._writer_spool = Spool(self._path)
-            self._delivery_spool = Spool(self._path)
-            self._reader_spool = Spool(self._path)
+            self._writer_spool = Spool(self._path, write_lock)
+            self._delivery_spool = Spool(self._path, write_lock)
+            self._reader_spool = Spool(self._path, write_lock)
             usage = self._reader_spool.usage()
         except SpoolError:
             self._lock_file.release()
@@ -711,6 +712,7 @@ class Emitter:
         self._writer_idle = False
         self._urgent = False
         self._streak = 0
+        self._last_checkpoint = 0.0
         self._closing = False
         self._closed = False
 
@@ -1025,6 +1027,7 @@ class Emitter:
                     self._note_error(f"spool read failed: {exc}")
                     self._halt.wait(1.0)
                     continue
+                self._checkpoint(spool)
                 if not rows:
                     self._idle_wait(spool)
                     continue
@@ -1046,6 +1049,17 @@ class Emitter:
         finally:
             client.close()
             spool.close()
+
+    def _checkpoint(self, spool: Spool) -> None:
+        """Checkpoint the spool's WAL at most once a second (off the writer's commit path)."""
+        now = time.monotonic()
+        if now - self._last_checkpoint < 1.0:
+            return
+        self._last_checkpoint = now
+        try:
+            spool.checkpoint()
+        except SpoolError as exc:
+            log.debug("emitter: %s", exc)
 
     def _idle_wait(self, spool: Spool) -> None:
         """Sleep until the writer commits something or the next deferred row is due."""

@@ -38,6 +38,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,6 +257,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise SpoolError(f"the spool {path} cannot use WAL journaling")
         connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
     except sqlite3.Error as exc:
         connection.close()
         raise SpoolError(f"cannot configure the spool {path}: {exc}") from None
@@ -265,11 +267,18 @@ def _connect(path: Path) -> sqlite3.Connection:
 class Spool:
     """One connection to the spool database at ``path``, created with its schema if new.
 
+    ``write_lock``, shared by every connection of one process, serialises their write
+    transactions in Python: a writer then waits exactly as long as the transaction ahead of it,
+    instead of polling SQLite's busy handler (which sleeps up to 100 ms between tries).
+    Automatic WAL checkpoints are off (they would run inside a commit and stall it);
+    :meth:`checkpoint` runs one without blocking writers.
+
     Raises SpoolError when the file cannot be opened or holds another schema version.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, write_lock: threading.Lock | None = None) -> None:
         self.path = path
+        self._write_lock = write_lock if write_lock is not None else threading.Lock()
         self._db = _connect(path)
         try:
             self._migrate()
@@ -299,19 +308,31 @@ class Spool:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """Run the block in one ``BEGIN IMMEDIATE`` transaction; wrap sqlite3 errors."""
         db = self._db
+        with self._write_lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise SpoolError(f"cannot write to the spool: {exc}") from None
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise SpoolError(f"spool write failed: {exc}") from None
+                raise
+
+    def checkpoint(self) -> None:
+        """Copy committed WAL frames into the database file (``wal_checkpoint(PASSIVE)``).
+
+        Never waits for other connections and never blocks writers; the WAL restarts from the
+        beginning once a checkpoint has caught up. Raises SpoolError.
+        """
         try:
-            db.execute("BEGIN IMMEDIATE")
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
-            raise SpoolError(f"cannot write to the spool: {exc}") from None
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise SpoolError(f"spool write failed: {exc}") from None
-            raise
+            raise SpoolError(f"spool checkpoint failed: {exc}") from None
 
     def _read(self, sql: str, parameters: Sequence[object] = ()) -> list[Any]:
         """Run one read statement and return its rows; wrap sqlite3 errors."""
@@ -362,9 +383,11 @@ class Spool:
     ) -> None:
         """Record the outcome of one delivery round in one transaction.
 
-        Delivered rows move from the outbox to ``receipts`` (the oldest receipts beyond
-        ``max_receipts`` are pruned), refused rows become ``failed``, deferred rows get a later
-        retry time; every row touched counts one more attempt. Raises SpoolError.
+        Delivered rows move from the outbox to ``receipts``, refused rows become ``failed``,
+        deferred rows get a later retry time; every row touched counts one more attempt.
+        Receipts of events more than ``max_receipts`` spool sequence numbers older than the
+        newest delivered one are pruned (so at most ``max_receipts`` are kept; fewer when some
+        sequence numbers belong to failed or dropped events). Raises SpoolError.
         """
         with self._write() as db:
             db.executemany("DELETE FROM outbox WHERE seq = ?", [(r.seq,) for r in delivered])
@@ -389,11 +412,10 @@ class Spool:
                 [(d.until_ms, d.detail, d.seq) for d in deferred],
             )
             if delivered:
-                db.execute(
-                    "DELETE FROM receipts WHERE seq NOT IN "
-                    "(SELECT seq FROM receipts ORDER BY seq DESC LIMIT ?)",
-                    (max_receipts,),
-                )
+                # Keep the receipts of the newest max_receipts spool sequence numbers: a range
+                # delete on the primary key, whatever the size of the table.
+                newest = max(r.seq for r in delivered)
+                db.execute("DELETE FROM receipts WHERE seq <= ?", (newest - max_receipts,))
 
     def count_attempt(self, seqs: Sequence[int]) -> None:
         """Count one more (transiently failed) delivery attempt for each row. Raises SpoolError."""

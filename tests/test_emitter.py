@@ -760,3 +760,17 @@ def test_threads_survive_unexpected_errors(
     assert failures["settle"] == 0
     assert [e["jti"] for e in fake.events] == [jti]
     assert emitter.receipt(jti) is not None
+
+
+def test_only_the_newest_receipts_are_kept(make: Callable[..., Emitter]) -> None:
+    emitter = make(
+        config=EmitterConfig(commit_interval=0.002, max_receipts=5, backoff_base=0.01,
+                             backoff_max=0.05)
+    )
+    jtis = []
+    for i in range(12):
+        jtis.append(emitter.emit_durable(event(i)))
+        assert emitter.flush(10.0)
+    kept = emitter.receipts(limit=100)
+    assert [r.jti for r in kept] == jtis[-5:]
+    assert emitter.receipt(jtis[0]) is None
