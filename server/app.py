@@ -49,6 +49,7 @@ from starlette.routing import Route
 from merkle.checkpoint import parse_decimal
 from merkle.errors import MalformedError
 from merkle.hashing import HASH_SIZE, leaf_hash
+from merkle.receipt import RECEIPT_HEADER
 from merkle.tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, format_entry_bundle, parse_tile_path
 from merkle.tree import MAX_TREE_SIZE, Node
 from server.codec import (
@@ -244,15 +245,29 @@ def result_body(service: LogService, result: Sequenced) -> dict[str, Any]:
     Members: ``index``, ``leaf_hash``, ``duplicate``, ``tree_size``, ``checkpoint`` (the signed
     note the proof is against), ``inclusion_proof`` and ``receipt`` (C2SP tlog-proof text).
     """
+    proof = [_b64(h) for h in result.proof]
+    checkpoint = result.checkpoint.decode("utf-8")
     return {
         "index": result.index,
         "leaf_hash": _b64(result.leaf_hash),
         "duplicate": result.duplicate,
         "tree_size": result.tree_size,
-        "checkpoint": result.checkpoint.decode("utf-8"),
-        "inclusion_proof": [_b64(h) for h in result.proof],
-        "receipt": service.receipt_text(result).decode("utf-8"),
+        "checkpoint": checkpoint,
+        "inclusion_proof": proof,
+        "receipt": _receipt_text(result.index, proof, checkpoint),
     }
+
+
+def _receipt_text(index: int, proof: list[str], checkpoint: str) -> str:
+    """Return the C2SP tlog-proof text of a fresh result (what ``format_receipt`` writes).
+
+    The sequencer made the proof and signed the checkpoint moments ago, so nothing needs
+    re-parsing here: header line, ``index`` line, one base64 line per proof hash, an empty
+    line, then the signed checkpoint note (tlog-proof "Format"; tests compare it with
+    :func:`merkle.receipt.format_receipt`).
+    """
+    lines = "".join(f"{node}\n" for node in proof)
+    return f"{RECEIPT_HEADER}\nindex {index}\n{lines}\n{checkpoint}"
 
 
 async def raw_map_preparer(request: Request, event: dict[str, Value]) -> Submission:

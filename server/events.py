@@ -165,6 +165,11 @@ class Text:
     pattern: str | None = None
     enum: tuple[str, ...] | None = None
     uri_extension: bool = False
+    regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        compiled = None if self.pattern is None else re.compile(f"(?:{self.pattern})\\Z")
+        object.__setattr__(self, "regex", compiled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -689,34 +694,27 @@ _SECRET_PARTS: Final = (
     "cookie",
 )
 
-_TOKEN_ALPHABET: Final = re.compile(r"[A-Za-z0-9._~+/=-]{32,}\Z")
-_UPPER: Final = re.compile(r"[A-Z]")
-_LOWER: Final = re.compile(r"[a-z]")
-_DIGIT: Final = re.compile(r"[0-9]")
-_B64URL_SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]*\Z")
-_AUTH_SCHEME: Final = re.compile(r"(?:bearer|basic|dpop|mac|negotiate|gnap)\s+\S", re.IGNORECASE)
-_KNOWN_PREFIXES: Final = (
-    "ory_at_",
-    "ory_rt_",
-    "ory_ac_",
-    "ory_pc_",
-    "ory_st_",
-    "ghp_",
-    "gho_",
-    "ghu_",
-    "ghs_",
-    "ghr_",
-    "github_pat_",
-    "glpat-",
-    "xoxb-",
-    "xoxp-",
-    "xoxa-",
-    "sk_live_",
-    "sk_test_",
-    "rk_live_",
+_OPAQUE_TOKEN: Final = re.compile(
+    r"(?=[^A-Z]*[A-Z])(?=[^a-z]*[a-z])(?=[^0-9]*[0-9])[A-Za-z0-9._~+/=-]{32,}\Z"
 )
+"""32+ characters of the token alphabet with an upper-case letter, a lower-case one, a digit."""
+_B64URL_SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]*\Z")
+_PREFIXED: Final = re.compile(
+    r"(?:(?:bearer|basic|dpop|mac|negotiate|gnap)\s+\S"  # an Authorization header value
+    r"|ory_(?:at|rt|ac|pc|st)_|gh[pousr]_|github_pat_|glpat-|xox[bpa]-|[rs]k_(?:live|test)_)",
+    re.IGNORECASE,
+)
+"""An HTTP Authorization value, or a well-known token prefix (Ory Hydra, GitHub, GitLab, ...)."""
+_PREFIX_STARTS: Final = frozenset("bBdDmMnNgGoOxXrRsS")
+"""First characters of what :data:`_PREFIXED` matches (a cheap filter before the regex)."""
+_MIN_SECRET: Final = 8
+"""Shorter text is never taken for a credential (``Bearer x`` is the shortest rule)."""
 _SUBJECT_CONTAINERS: Final = frozenset({"sub", "sub_id", "subject"})
 _REDACTED: Final = "[redacted]"
+_OPAQUE: Final = "an opaque bearer token"
+_NAME_VERDICTS: dict[str, bool] = {}
+"""Memo of :func:`_refused_name` for the few distinct map keys events use (bounded)."""
+_NAME_VERDICTS_MAX: Final = 4096
 
 
 def is_secret_name(name: str) -> bool:
@@ -730,6 +728,16 @@ def is_secret_name(name: str) -> bool:
     if normal in _SECRET_NAMES or normal.endswith("token"):
         return True
     return any(part in normal for part in _SECRET_PARTS)
+
+
+def _refused_name(name: str) -> bool:
+    """Tell whether a map key names a secret or is itself shaped like one (memoised)."""
+    verdict = _NAME_VERDICTS.get(name)
+    if verdict is None:
+        verdict = is_secret_name(name) or secret_shape(name) is not None
+        if len(_NAME_VERDICTS) < _NAME_VERDICTS_MAX and not verdict:
+            _NAME_VERDICTS[name] = verdict
+    return verdict
 
 
 def _is_jose(text: str) -> bool:
@@ -748,16 +756,6 @@ def _is_jose(text: str) -> bool:
     return isinstance(header, dict)
 
 
-def _is_opaque_token(text: str) -> bool:
-    """Tell whether ``text`` looks like an opaque bearer token (long, mixed, token alphabet)."""
-    return (
-        _TOKEN_ALPHABET.match(text) is not None
-        and _UPPER.search(text) is not None
-        and _LOWER.search(text) is not None
-        and _DIGIT.search(text) is not None
-    )
-
-
 def secret_shape(text: str, *, hashed: bool = False) -> str | None:
     """Return what credential ``text`` looks like, or ``None`` if it looks like none.
 
@@ -766,16 +764,22 @@ def secret_shape(text: str, *, hashed: bool = False) -> str | None:
     Answers: ``"a JWT"``, ``"an HTTP Authorization value"``, ``"a private key"``,
     ``"a known token format"``, ``"an opaque bearer token"``.
     """
-    if "." in text and _is_jose(text):
+    if len(text) < _MIN_SECRET:
+        return None
+    # A JOSE header is a JSON object, so its base64url starts with "e" ("{" is 0x7b).
+    if text[0] == "e" and "." in text and _is_jose(text):
         return "a JWT"
-    if _AUTH_SCHEME.match(text):
-        return "an HTTP Authorization value"
+    prefixed = _PREFIXED.match(text) if text[0] in _PREFIX_STARTS else None
+    if prefixed is not None:
+        return (
+            "an HTTP Authorization value"
+            if " " in prefixed.group() or "\t" in prefixed.group()
+            else "a known token format"
+        )
     if "PRIVATE KEY" in text:
         return "a private key"
-    if text.startswith(_KNOWN_PREFIXES):
-        return "a known token format"
-    if not hashed and len(text) >= 32 and _is_opaque_token(text):
-        return "an opaque bearer token"
+    if not hashed and len(text) >= 32 and _OPAQUE_TOKEN.match(text) is not None:
+        return _OPAQUE
     return None
 
 
@@ -797,37 +801,64 @@ def check_no_secrets(value: Value, pointer: str = "") -> None:
 
     Raises EventError(forbidden-field) naming the field path, never its value.
     """
-    _scan(value, pointer, key=None, in_subject=False)
+    _scan(value, pointer, None, False)
 
 
-def _scan(value: Value, pointer: str, *, key: str | None, in_subject: bool) -> None:
-    if isinstance(value, str):
-        hashed = (key in TOKEN_REF_FIELDS and is_token_ref(value)) or (
-            key == "sub" or (in_subject and key in ("id", "sub"))
-        )
-        shape = secret_shape(value, hashed=hashed)
-        if shape is not None:
-            raise EventError(
-                "forbidden-field",
-                f"the value looks like {shape}: raw credentials are never logged"
-                " (log a token reference instead)",
-                pointer or "/",
-            )
-    elif isinstance(value, dict):
+def _shape_refusal(shape: str, pointer: str) -> EventError:
+    return EventError(
+        "forbidden-field",
+        f"the value looks like {shape}: raw credentials are never logged"
+        " (log a token reference instead)",
+        pointer or "/",
+    )
+
+
+def _exempt(key: str | None, text: str, in_subject: bool) -> bool:
+    """Tell whether an opaque-token-shaped text is a hash by design where it stands."""
+    if key in TOKEN_REF_FIELDS:
+        return is_token_ref(text)
+    return key == "sub" or (in_subject and key == "id")
+
+
+def _scan(value: Value, pointer: str, key: str | None, in_subject: bool) -> None:
+    kind = type(value)
+    if kind is dict:
+        assert isinstance(value, dict)
         subject = in_subject or key in _SUBJECT_CONTAINERS
         for name, item in value.items():
-            path = f"{pointer}/{_pointer_part(name)}"
-            if is_secret_name(name) or secret_shape(name) is not None:
+            if _refused_name(name):
                 raise EventError(
                     "forbidden-field",
                     "this field names a secret (a raw token, code, password, client secret,"
                     " assertion or key) and is never logged",
-                    path,
+                    f"{pointer}/{_pointer_part(name)}",
                 )
-            _scan(item, path, key=name, in_subject=subject)
-    elif isinstance(value, list):
+            item_kind = type(item)
+            if item_kind is str:
+                assert isinstance(item, str)
+                if len(item) >= _MIN_SECRET:
+                    shape = secret_shape(item)
+                    if shape is not None and not (
+                        shape is _OPAQUE and _exempt(name, item, subject)
+                    ):
+                        raise _shape_refusal(shape, f"{pointer}/{_pointer_part(name)}")
+            elif item_kind is dict or item_kind is list:
+                _scan(item, f"{pointer}/{_pointer_part(name)}", name, subject)
+    elif kind is list:
+        assert isinstance(value, list)
         for index, item in enumerate(value):
-            _scan(item, f"{pointer}/{index}", key=key, in_subject=in_subject)
+            if type(item) is str:
+                assert isinstance(item, str)
+                shape = secret_shape(item)
+                if shape is not None and not (shape is _OPAQUE and _exempt(key, item, in_subject)):
+                    raise _shape_refusal(shape, f"{pointer}/{index}")
+            elif type(item) is dict or type(item) is list:
+                _scan(item, f"{pointer}/{index}", key, in_subject)
+    elif kind is str:
+        assert isinstance(value, str)
+        shape = secret_shape(value)
+        if shape is not None and not (shape is _OPAQUE and _exempt(key, value, in_subject)):
+            raise _shape_refusal(shape, pointer)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -838,11 +869,13 @@ def _fail(detail: str, pointer: str) -> EventError:
 
 
 def _check_text(value: Value, kind: Text, pointer: str) -> str:
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise _fail("must be a text string", pointer)
-    if not value:
+    assert isinstance(value, str)
+    size = len(value)
+    if not size:
         raise _fail("must not be empty", pointer)
-    if len(value) > kind.max_bytes or len(value.encode("utf-8")) > kind.max_bytes:
+    if size > kind.max_bytes or (not value.isascii() and len(value.encode()) > kind.max_bytes):
         raise _fail(f"must be at most {kind.max_bytes} bytes", pointer)
     if not value.isprintable():
         raise _fail("must not contain control characters", pointer)
@@ -852,7 +885,7 @@ def _check_text(value: Value, kind: Text, pointer: str) -> str:
         and not (kind.uri_extension and _is_absolute_uri(value))
     ):
         raise _fail(f"must be one of {', '.join(kind.enum)}", pointer)
-    if kind.pattern is not None and re.fullmatch(kind.pattern, value) is None:
+    if kind.regex is not None and kind.regex.match(value) is None:
         raise _fail("has characters this field does not allow", pointer)
     return value
 

@@ -250,16 +250,16 @@ class OAuthLayer:
         body = envelope.get("event")
         if body is None:
             raise Problem("bad-event", "the event is missing", extra={"pointer": "/event"})
+        log_time = self._now_ms()
         try:
             check_no_secrets(body, "/event")
-            validate_event(body, now=self._now_ms() // 1000, pointer="/event")
+            validate_event(body, now=log_time // 1000, pointer="/event")
         except EventError as exc:
             raise Problem(exc.slug, exc.detail, extra={"pointer": exc.pointer}) from None
         assert isinstance(body, dict)
         signature = _signature(envelope.get("signature"))
         event_bytes = encode_deterministic(body)
-        _verify_event(submitter, signature, event_signing_message(event_bytes), self._now_ms())
-        log_time = self._now_ms()
+        _verify_event(submitter, signature, event_signing_message(event_bytes), log_time)
         try:
             data = encode_event_leaf(submitter.name, event_bytes, signature, log_time, self.limits)
         except LeafError as exc:
@@ -561,6 +561,24 @@ def _signature(value: Value) -> bytes:
     return raw
 
 
+_PUBLIC_KEYS: dict[bytes, Ed25519PublicKey] = {}
+"""Loaded event keys by their raw bytes (public data; bounded by :data:`_PUBLIC_KEYS_MAX`)."""
+_PUBLIC_KEYS_MAX: Final = 1024
+
+
+def _ed25519_key(raw: bytes) -> Ed25519PublicKey:
+    """Return the Ed25519 public key object of ``raw``, loading each key once.
+
+    Raises ValueError for bytes that are not a public key.
+    """
+    key = _PUBLIC_KEYS.get(raw)
+    if key is None:
+        key = Ed25519PublicKey.from_public_bytes(raw)
+        if len(_PUBLIC_KEYS) < _PUBLIC_KEYS_MAX:
+            _PUBLIC_KEYS[raw] = key
+    return key
+
+
 def _verify_event(submitter: Principal, signature: bytes, message: bytes, now_ms: int) -> None:
     """Verify an event signature with the submitter's unexpired Ed25519 keys.
 
@@ -570,7 +588,7 @@ def _verify_event(submitter: Principal, signature: bytes, message: bytes, now_ms
         if key.usage != "event" or (key.not_after_ms is not None and key.not_after_ms < now_ms):
             continue
         try:
-            Ed25519PublicKey.from_public_bytes(key.public_key).verify(signature, message)
+            _ed25519_key(key.public_key).verify(signature, message)
         except (InvalidSignature, ValueError):
             continue
         return

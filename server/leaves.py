@@ -32,6 +32,7 @@ Errors: :class:`LeafError` (a ``ValueError``) for bytes that are not a leaf of t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -79,6 +80,10 @@ _LOG_TIME: Final = encode_deterministic("log_time")
 _SIGNATURE: Final = encode_deterministic("signature")
 _SUBMITTER: Final = encode_deterministic("submitter")
 _SET: Final = encode_deterministic("set")
+_SIGNATURE_HEAD: Final = b"\x58\x40"
+"""CBOR head of a 64-byte byte string (major type 2, one-byte length 64)."""
+_encoded_name: Final = functools.lru_cache(maxsize=1024)(encode_deterministic)
+"""Deterministic encoding of a submitter name (few distinct names, encoded once each)."""
 
 
 class LeafError(ValueError):
@@ -124,8 +129,8 @@ def encode_event_leaf(
     Equal to ``encode_deterministic({"v": 1, "submitter": ..., "event": event, "signature":
     ..., "log_time": ...})``, built without re-encoding the event. Requires ``event_bytes`` to
     be the deterministic encoding of a map and ``0 <= log_time < 2**64``.
-    Raises LeafError when the leaf exceeds ``limits.max_entry_bytes`` (C2SP tlog-tiles bundles
-    hold entries of at most 65,535 bytes).
+    Raises LeafError when the signature is not 64 bytes or the leaf exceeds
+    ``limits.max_entry_bytes`` (C2SP tlog-tiles bundles hold entries of at most 65,535 bytes).
     """
     data = b"".join(
         (
@@ -136,11 +141,13 @@ def encode_event_leaf(
             _LOG_TIME,
             encode_deterministic(log_time),
             _SIGNATURE,
-            encode_deterministic(signature),
+            _SIGNATURE_HEAD + signature if len(signature) == SIGNATURE_SIZE else b"",
             _SUBMITTER,
-            encode_deterministic(submitter),
+            _encoded_name(submitter),
         )
     )
+    if len(signature) != SIGNATURE_SIZE:
+        raise LeafError(f"an event signature is {SIGNATURE_SIZE} bytes")
     return _check_size(data, limits)
 
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from client.tokens import token_ref
 from merkle.hashing import leaf_hash
 from merkle.policy import parse_policy
-from merkle.receipt import parse_receipt, verify_receipt
+from merkle.receipt import format_receipt, parse_receipt, verify_receipt
 from server.event_schema import event_schema
 from server.ingest import OAuthSettings
 from tests.oauth_support import (
@@ -100,6 +100,9 @@ def check_result(log: OAuthLog, body: dict[str, Any], submitter: Submitter, even
     assert canonical(event) in entry
     receipt = parse_receipt(body["receipt"].encode())
     assert receipt.index == body["index"]
+    assert format_receipt(receipt) == body["receipt"].encode()
+    assert receipt.checkpoint == body["checkpoint"].encode()
+    assert [b64d(h) for h in body["inclusion_proof"]] == list(receipt.proof)
     policy = parse_policy(f"log {log.service.vkey}\nquorum none\n")
     checkpoint = verify_receipt(receipt, entry, policy)
     assert checkpoint.tree_size == body["tree_size"]

@@ -1,0 +1,487 @@
+"""Benchmark of the OAuth layer: signed ingestion against bare Ed25519, lookups against empty GET.
+
+Run from the project root::
+
+    .venv/bin/python -m benchmarks.bench_ingest [--batches 10] [--batch-size 1000]
+        [--concurrency 2] [--backend sqlite|postgres] [--lookup-size 1000000]
+        [--lookup-seconds 10] [--lookup-concurrency 16] [--skip-ingest] [--skip-lookup]
+
+**Ingestion.** ``--batches`` request bodies of ``--batch-size`` signed ``token-issued`` events
+each (every event distinct, signed by a registered submitter; built before the clock starts)
+are posted to ``POST /v1/events/batch`` of the real app (:func:`server.ingest.
+create_oauth_app`: authentication, rate limit, bounded JSON decoding, secret scan, validation,
+Ed25519 verification, sequencing, durable commit, receipts), ``--concurrency`` requests in
+flight, in process through a minimal ASGI call (no HTTP client, whose CPU would be counted
+against the server). Every answer is checked: 200, one result per event, each with an index.
+Bare verification is ``Ed25519PublicKey.verify`` of the same signatures over the same messages
+in a plain loop, measured before and after the ingestion in the same run; the figure is the
+ingestion rate over the mean of the two. Target: at least 70%.
+
+**Lookups.** A log of ``--lookup-size`` entries is built directly through the sequencer (the
+same leaves ingestion writes, each with its own token reference; the HTTP path is not needed to
+fill a tree), then served by ``python -m server`` on uvicorn, and ``GET /v1/lookup?token_ref=``
+(random existing references, every answer checked to hold the right entry) is driven over HTTP
+for ``--lookup-seconds`` by a lean keep-alive client (:mod:`benchmarks.http11`), and so is
+``GET /get`` of the empty baseline app (:mod:`benchmarks.baseline_app`) with the same client,
+concurrency and duration. Target: at least 60% of the empty GET's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from benchmarks.http11 import Http11Client
+from client.tokens import token_ref
+from merkle.hashing import leaf_hash
+from server.codec import encode_deterministic
+from server.events import event_lookup_keys
+from server.ingest import OAuthLayer, OAuthSettings
+from server.keys import load_or_create_log_key
+from server.leaves import encode_event_leaf, event_signing_message
+from server.log import LogService
+from server.principals import event_key_id, new_principal
+from server.sequencer import Submission
+from server.storage import PostgresStorage, SQLiteStorage, open_storage
+from server.storage.base import Principal, PrincipalKey
+
+ORIGIN = "bench.example/etch/ingest"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- a minimal in-process ASGI call ----------------------------------------------------------------
+
+
+async def asgi_request(
+    app: Any, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """Call an ASGI app once and return (status, body): the least a client can cost."""
+    path_only, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path_only,
+        "raw_path": path_only.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        + [(b"content-length", str(len(body)).encode())],
+        "server": ("bench", 80),
+        "client": ("127.0.0.1", 1),
+    }
+    sent = False
+    status = 0
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+NOW = int(time.time())
+
+
+def make_event(tag: str, i: int) -> dict[str, Any]:
+    """A realistic ``token-issued`` event; ``tag`` and ``i`` make it unique."""
+    return {
+        "iss": "https://as.example.com",
+        "jti": f"{tag}-{i:09d}",
+        "iat": NOW,
+        "type": "token-issued",
+        "client_id": f"client-{i % 97}",
+        "sub": f"pseudonym-{i % 10007}",
+        "token_type": "access_token",
+        "grant_type": "authorization_code",
+        "scope": ["openid", "profile", "email"],
+        "exp": NOW + 3600,
+        "token_ref": token_ref(f"{tag}-access-{i}".encode()),
+        "parent_token_ref": token_ref(f"{tag}-code-{i}".encode()),
+    }
+
+
+@dataclass
+class Prepared:
+    """Request bodies and the (signature, message) pairs of every event in them."""
+
+    bodies: list[bytes]
+    pairs: list[tuple[bytes, bytes]]
+
+
+def prepare(key: Ed25519PrivateKey, tag: str, batches: int, size: int) -> Prepared:
+    """Sign ``batches * size`` distinct events and build the batch bodies."""
+    bodies: list[bytes] = []
+    pairs: list[tuple[bytes, bytes]] = []
+    for b in range(batches):
+        envelopes = []
+        for i in range(b * size, (b + 1) * size):
+            event = make_event(tag, i)
+            message = event_signing_message(encode_deterministic(event))
+            signature = key.sign(message)
+            pairs.append((signature, message))
+            envelopes.append({"event": event, "signature": base64.b64encode(signature).decode()})
+        bodies.append(json.dumps(envelopes).encode())
+    return Prepared(bodies, pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Events per second of wall-clock time and per second of this process's CPU time."""
+
+    wall: float
+    cpu: float
+
+
+def bare_verify_rate(public: Ed25519PublicKey, pairs: Sequence[tuple[bytes, bytes]]) -> Rate:
+    """Ed25519 verifications per second over ``pairs``, in a plain loop."""
+    start, cpu = time.perf_counter(), time.process_time()
+    for signature, message in pairs:
+        public.verify(signature, message)
+    return Rate(
+        len(pairs) / (time.perf_counter() - start), len(pairs) / (time.process_time() - cpu)
+    )
+
+
+# -- ingestion ------------------------------------------------------------------------------
+
+
+def check_answers(answers: Sequence[tuple[int, bytes]], batch_size: int) -> None:
+    """Check every batch answer (after the clock stopped): 200, all new, distinct indexes."""
+    seen: set[int] = set()
+    for status, answer in answers:
+        if status != 200:
+            raise RuntimeError(f"batch answered {status}: {answer[:300]!r}")
+        results = json.loads(answer)["results"]
+        if len(results) != batch_size or not all(r.get("duplicate") is False for r in results):
+            raise RuntimeError("a batch result is not a new entry")
+        seen.update(r["index"] for r in results)
+    if len(seen) != len(answers) * batch_size:
+        raise RuntimeError("an index was handed out twice")
+
+
+@contextlib.asynccontextmanager
+async def database(backend: str, directory: Path) -> AsyncIterator[str]:
+    """Yield a database URL: an SQLite file, or a throwaway PostgreSQL database."""
+    if backend == "sqlite":
+        yield str(directory / "log.db")
+        return
+    from tests.pg import PgServer
+
+    server = PgServer.create()
+    try:
+        yield server.create_database("bench_ingest")
+    finally:
+        server.destroy()
+
+
+async def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the ingestion benchmark and return its figures."""
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key()
+    tag = f"run{random.randrange(10**9)}"
+    prepared = prepare(key, tag, args.batches + 1, args.batch_size)
+    warmup, bodies = prepared.bodies[0], prepared.bodies[1:]
+    measured_pairs = prepared.pairs[args.batch_size :]
+    with tempfile.TemporaryDirectory(prefix="etch-bench-ingest-") as tmp:
+        async with database(args.backend, Path(tmp)) as url:
+            storage = open_storage(url)
+            assert isinstance(storage, SQLiteStorage | PostgresStorage)
+            signer = load_or_create_log_key(Path(tmp) / "keys", ORIGIN).signer
+            service = LogService(
+                storage, signer, ORIGIN, batch_size=args.batch_size, batch_period=0.005
+            )
+            layer = OAuthLayer(
+                service,
+                storage,
+                OAuthSettings(submitter_rate=10_000_000, submitter_burst=100_000_000),
+            )
+            from server.app import create_app
+
+            app = create_app(
+                service,
+                intake=layer,
+                read_guard=layer.read_guard,
+                extra_routes=layer.routes(),
+                manage_service=False,
+            )
+            await service.start()
+            try:
+                created = new_principal("submitter", "bench", now_ms=0)
+                raw = public.public_bytes_raw()
+                principal = Principal(
+                    "submitter",
+                    "bench",
+                    created.principal.credential_hash,
+                    "active",
+                    0,
+                    (PrincipalKey(event_key_id(raw), "event", "Ed25519", raw, 0),),
+                )
+                await storage.add_principal(principal)
+                headers = {
+                    "authorization": f"Bearer {created.credential}",
+                    "content-type": "application/json",
+                }
+
+                answers: list[tuple[int, bytes]] = []
+
+                async def post(body: bytes) -> None:
+                    answers.append(
+                        await asgi_request(app, "POST", "/v1/events/batch", body, headers)
+                    )
+
+                await post(warmup)
+                before = bare_verify_rate(public, measured_pairs)
+                queue = list(reversed(bodies))
+
+                async def worker() -> None:
+                    while queue:
+                        await post(queue.pop())
+
+                start, cpu = time.perf_counter(), time.process_time()
+                await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+                elapsed, cpu_used = time.perf_counter() - start, time.process_time() - cpu
+                after = bare_verify_rate(public, measured_pairs)
+                check_answers(answers, args.batch_size)
+            finally:
+                await service.stop()
+    events = args.batches * args.batch_size
+    ingest = Rate(events / elapsed, events / cpu_used)
+    bare = Rate(
+        statistics.mean((before.wall, after.wall)), statistics.mean((before.cpu, after.cpu))
+    )
+    return {
+        "events": events,
+        "batch_size": args.batch_size,
+        "concurrency": args.concurrency,
+        "backend": args.backend,
+        "ingest_events_per_s": round(ingest.wall),
+        "bare_verify_per_s": [round(before.wall), round(after.wall)],
+        "ratio": round(ingest.wall / bare.wall, 3),
+        "ingest_events_per_cpu_s": round(ingest.cpu),
+        "bare_verify_per_cpu_s": [round(before.cpu), round(after.cpu)],
+        "cpu_ratio": round(ingest.cpu / bare.cpu, 3),
+    }
+
+
+# -- lookups --------------------------------------------------------------------------------
+
+
+async def build_log(data_dir: Path, size: int, batch: int = 1000) -> list[str]:
+    """Fill a log of ``size`` event leaves through the sequencer; return every 97th token ref."""
+    key = load_or_create_log_key(data_dir, ORIGIN)
+    storage = open_storage(str(data_dir / "log.db"))
+    service = LogService(
+        storage, key.signer, ORIGIN, batch_size=batch, batch_period=0.0, full_check=False
+    )
+    await service.start()
+    signature = bytes(64)
+    sample: list[str] = []
+    try:
+        start = service.tree_size
+        pending: list[asyncio.Task[Any]] = []
+        for first in range(start, size, batch):
+            submissions = []
+            for i in range(first, min(size, first + batch)):
+                event = make_event("lookup", i)
+                data = encode_event_leaf("bench", encode_deterministic(event), signature, i)
+                submissions.append(
+                    Submission(
+                        data,
+                        leaf_hash(data),
+                        idempotency_key=f"bench\x00{event['jti']}",
+                        lookup_keys=event_lookup_keys(event),
+                        log_time=NOW * 1000 + i,
+                    )
+                )
+                if i % 97 == 0:
+                    sample.append(str(event["token_ref"]))
+            pending.append(asyncio.create_task(service.submit(submissions)))
+            if len(pending) >= 3:
+                await pending.pop(0)
+        for task in pending:
+            await task
+    finally:
+        await service.stop()
+    return sample
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running(command: list[str], ready: str | None, url: str | None) -> Any:
+    """Run a server process until the block ends; wait for its ready line or its /healthz."""
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ETCH_")},
+        text=True,
+    )
+    try:
+        found = url
+        if ready is not None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                if line.startswith(ready):
+                    found = line.split()[1]
+                    break
+        else:
+            import urllib.request
+
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                with (
+                    contextlib.suppress(OSError),
+                    urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer,
+                ):
+                    if answer.status == 200:
+                        break
+                time.sleep(0.2)
+        yield found
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def drive(
+    url: str, paths: Sequence[str], seconds: float, concurrency: int, check: Any
+) -> float:
+    """Send GETs of ``paths`` (round robin) for ``seconds``; return answers per second."""
+    client = Http11Client(url, max_connections=concurrency, timeout=30)
+    done = 0
+    deadline = 0.0
+
+    async def worker(offset: int) -> None:
+        nonlocal done
+        n = offset
+        while time.perf_counter() < deadline:
+            path = paths[n % len(paths)]
+            n += concurrency
+            answer = await client.request("GET", path)
+            if answer.status != 200:
+                raise RuntimeError(f"{path} answered {answer.status}")
+            check(path, answer.body)
+            done += 1
+
+    # Warm up the connections, then measure.
+    deadline = time.perf_counter() + 1.0
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    done = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    rate = done / (time.perf_counter() - start)
+    await client.aclose()
+    return rate
+
+
+def bench_lookup(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the large log, serve it, and compare token-ref lookups with the empty GET."""
+    with tempfile.TemporaryDirectory(prefix="etch-bench-lookup-") as tmp:
+        data_dir = Path(tmp) / "data"
+        started = time.perf_counter()
+        refs = asyncio.run(build_log(data_dir, args.lookup_size))
+        build_seconds = time.perf_counter() - started
+        random.shuffle(refs)
+        paths = [f"/v1/lookup?token_ref={ref}" for ref in refs[:5000]]
+
+        def check_lookup(path: str, body: bytes) -> None:
+            results = json.loads(body)["results"]
+            if len(results) != 1:
+                raise RuntimeError(f"{path} found {len(results)} entries")
+
+        def check_empty(path: str, body: bytes) -> None:
+            if body != b"ok":
+                raise RuntimeError("the baseline answered something else")
+
+        port = _free_port()
+        server = [
+            sys.executable, "-m", "server", "--data-dir", str(data_dir), "--origin", ORIGIN,
+            "--port", str(port), "--log-level", "warning",
+        ]  # fmt: skip
+        with running(server, None, f"http://127.0.0.1:{port}") as url:
+            lookup = asyncio.run(
+                drive(url, paths, args.lookup_seconds, args.lookup_concurrency, check_lookup)
+            )
+        baseline = [sys.executable, "-m", "benchmarks.baseline_app", "--port", "0"]
+        with running(baseline, "ready", None) as url:
+            empty = asyncio.run(
+                drive(url, ["/get"], args.lookup_seconds, args.lookup_concurrency, check_empty)
+            )
+    return {
+        "entries": args.lookup_size,
+        "build_seconds": round(build_seconds, 1),
+        "concurrency": args.lookup_concurrency,
+        "lookup_per_s": round(lookup),
+        "empty_get_per_s": round(empty),
+        "ratio": round(lookup / empty, 3),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks and print their figures as JSON lines."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ingest")
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--lookup-size", type=int, default=1_000_000)
+    parser.add_argument("--lookup-seconds", type=float, default=10.0)
+    parser.add_argument("--lookup-concurrency", type=int, default=16)
+    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--skip-lookup", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.skip_ingest:
+        print(json.dumps({"ingest": asyncio.run(bench_ingest(args))}), flush=True)
+    if not args.skip_lookup:
+        print(json.dumps({"lookup": bench_lookup(args)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
