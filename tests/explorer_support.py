@@ -86,9 +86,7 @@ async def open_explorer_log(
     assert isinstance(storage, SQLiteStorage | PostgresStorage)
     clock = FixedClock()
     signer = make_signer(ORIGIN)
-    service = LogService(
-        storage, signer, ORIGIN, batch_period=0.002, clock=clock, witnessed=True
-    )
+    service = LogService(storage, signer, ORIGIN, batch_period=0.002, clock=clock, witnessed=True)
     witnesses = {
         name: CosignatureSigner.generate(f"witness.example/{name}") for name in WITNESS_NAMES
     }
@@ -100,8 +98,9 @@ async def open_explorer_log(
         async with httpx.AsyncClient(
             transport=transport, base_url="http://etch.test", timeout=60
         ) as client:
-            yield ExplorerLog(OAuthLog(service, storage, client, clock), app, explorer, policy,
-                              witnesses)
+            yield ExplorerLog(
+                OAuthLog(service, storage, client, clock), app, explorer, policy, witnesses
+            )
 
 
 _TAGS = re.compile(r"<[^>]*>")

@@ -46,11 +46,12 @@ SECURITY_HEADERS: Final[Mapping[str, str]] = {
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-"""Headers of every explorer page: no inline script or style, no framing, no referrer."""
+"""Headers of every explorer page: no inline script or style, no framing, and no referrer
+to other sites (same-origin keeps the ``Origin`` header that sign-in forms are checked by)."""
 
 
 class Markup(str):
@@ -116,7 +117,7 @@ _PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
+<link rel="icon" href="data:,">
 <title>$title — $site</title>
 <link rel="stylesheet" href="$css">
 $head</head>

@@ -149,7 +149,7 @@ def path_hashes(leaf: bytes, steps: Sequence[InclusionStep], proof: Sequence[byt
 # -- drawing ----------------------------------------------------------------------------------
 
 _WIDTH = 640
-_BOX_W = 220
+_BOX_W = 196
 _BOX_H = 40
 _ROW = 66
 

@@ -1045,7 +1045,12 @@ class Explorer:
 
     def _next(self, raw: str | None) -> str:
         """Return a safe place to go after signing in: a path of the explorer, else its home."""
-        if raw and raw.startswith(self.prefix) and not raw.startswith("//") and "\\" not in raw:
+        if (
+            raw
+            and raw.startswith(self.prefix + "/")
+            and not raw.startswith(self.prefix + "/sign")
+            and "\\" not in raw
+        ):
             return raw
         return self.prefix
 

@@ -181,8 +181,12 @@
   }
 
   async function parseVkey(vkey) {
-    const fields = vkey.split("+");
-    if (fields.length !== 3 || !/^[0-9a-f]{8}$/.test(fields[1])) throw new Error("malformed vkey");
+    // <name>+<8 hex key ID>+<base64>: the name has no "+", the base64 may have some.
+    const first = vkey.indexOf("+");
+    const fields = [vkey.slice(0, first), vkey.slice(first + 1, first + 9), vkey.slice(first + 10)];
+    if (first <= 0 || vkey[first + 9] !== "+" || !/^[0-9a-f]{8}$/.test(fields[1])) {
+      throw new Error("malformed vkey");
+    }
     const raw = b64decode(fields[2]);
     if (raw.length !== 33) throw new Error("not an Ed25519 vkey");
     const name = fields[0];
@@ -252,7 +256,8 @@
   }
 
   function setStatus(el, state, text) {
-    el.className = "status " + (state === true ? "ok" : state === false ? "bad" : "pending");
+    el.classList.remove("ok", "bad", "pending");
+    el.classList.add("status", state === true ? "ok" : state === false ? "bad" : "pending");
     el.textContent = (state === true ? "✓ " : state === false ? "✗ " : "") + text;
   }
 
