@@ -7,17 +7,19 @@ subtree (511 hashes) is computed once and kept in a bounded LRU cache, which mak
 node lookup in them a list index.
 
 Partial tiles (the right edge of the tree) change with every batch: they are taken from the
-sequencer's in-memory edge when this process sequences, else read from storage, and never cached
-beyond one request.
+sequencer's in-memory edge when this process sequences, else read from storage. The expansion of
+an in-memory edge tile is reused until its contents change (compared byte for byte); partial
+tiles read from storage are never cached beyond one request.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from merkle.hashing import HASH_SIZE, node_hash
+from merkle.hashing import HASH_SIZE
 from merkle.tiles import TILE_HEIGHT, TILE_WIDTH
 from merkle.tree import (
     Node,
@@ -30,10 +32,19 @@ from merkle.tree import (
 )
 from server.storage.base import Storage
 
-__all__ = ["EdgeTiles", "ExpandedTile", "TreeReader", "expand_tile", "hashes_for_nodes"]
+__all__ = [
+    "EdgeTiles",
+    "ExpandedTile",
+    "TreeReader",
+    "expand_tile",
+    "hashes_for_nodes",
+    "inclusion_proofs",
+]
 
 TileKey = tuple[int, int]
 FULL_TILE_BYTES = TILE_WIDTH * HASH_SIZE
+_NODE_PREFIX = b"\x01"  # RFC 6962 §2.1 interior node hash prefix
+_EDGE_CACHE_LIMIT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +67,11 @@ def expand_tile(data: bytes) -> ExpandedTile:
     """
     row = tuple(data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE))
     rows = [row]
+    sha256 = hashlib.sha256
     while len(row) > 1:
-        row = tuple(node_hash(row[i], row[i + 1]) for i in range(0, len(row) - 1, 2))
+        row = tuple(
+            sha256(_NODE_PREFIX + row[i] + row[i + 1]).digest() for i in range(0, len(row) - 1, 2)
+        )
         rows.append(row)
     return tuple(rows)
 
@@ -95,6 +109,79 @@ def hashes_for_nodes(
     return out
 
 
+def _complete_node_hash(
+    level: int, index: int, expanded: Callable[[TileKey], ExpandedTile]
+) -> bytes:
+    """Return the hash of the complete node ``(level, index)`` read from expanded tiles."""
+    tile_level, sub = divmod(level, TILE_HEIGHT)
+    tile_index, offset = divmod(index, TILE_WIDTH >> sub)
+    rows = expanded((tile_level, tile_index))
+    if sub >= len(rows) or offset >= len(rows[sub]):
+        raise LookupError(
+            f"node ({level}, {index}) is not in stored tile {(tile_level, tile_index)}"
+        )
+    return rows[sub][offset]
+
+
+def _range_hash(start: int, end: int, expanded: Callable[[TileKey], ExpandedTile]) -> bytes:
+    """Return MTH(D[start:end]) from the complete nodes covering it, largest first.
+
+    Requires ``start`` to be a multiple of the largest power of two not above ``end - start``
+    (true of every right-edge subtree), so the covering nodes are aligned.
+    """
+    hashes = []
+    while start < end:
+        level = (end - start).bit_length() - 1
+        hashes.append(_complete_node_hash(level, start >> level, expanded))
+        start += 1 << level
+    return root_from_hashes(hashes)
+
+
+def inclusion_proofs(
+    first: int, count: int, tree_size: int, expanded: Callable[[TileKey], ExpandedTile]
+) -> list[tuple[bytes, ...]]:
+    """Return PATH(i, D[tree_size]) for every ``i`` in ``[first, first + count)``, in order.
+
+    RFC 6962 §2.1.1. The tree is seen level by level: at level ``l`` node ``j`` covers leaves
+    ``[j*2**l, min((j+1)*2**l, tree_size))``, a node without a right sibling is carried up
+    unchanged, and PATH(i) is the hash of the sibling of ``i``'s ancestor at each level where
+    that sibling exists, from the leaf up. The same result as :func:`merkle.tree.
+    build_inclusion_proof` over :func:`merkle.tree.inclusion_nodes`, but each distinct sibling
+    is read (or, on the right edge, folded) once for the whole range: consecutive leaves share
+    all but their lowest siblings, so a range costs about ``count * log2(tree_size)`` list
+    appends instead of that many node computations.
+
+    Requires ``0 <= first``, ``count >= 0`` and ``first + count <= tree_size``; ``expanded``
+    returns the expanded tile that holds a node (as in :func:`hashes_for_nodes`).
+    Raises ValueError for a range outside the tree and LookupError when a tile lacks a node.
+    """
+    end = first + count
+    if first < 0 or count < 0 or end > tree_size:
+        raise ValueError(f"range [{first}, {end}) is not inside a tree of size {tree_size}")
+    proofs: list[list[bytes]] = [[] for _ in range(count)]
+    level = 0
+    while (1 << level) < tree_size:
+        last = (tree_size - 1) >> level  # the rightmost node of this level
+        complete = tree_size >> level  # nodes below this index are complete
+        node = first >> level
+        position = 0
+        while position < count:
+            # Leaves [position, run_end) of the range share the ancestor ``node`` at this level.
+            run_end = min(((node + 1) << level) - first, count)
+            sibling = node ^ 1
+            if sibling <= last:
+                if sibling < complete:
+                    value = _complete_node_hash(level, sibling, expanded)
+                else:
+                    value = _range_hash(sibling << level, tree_size, expanded)
+                for proof in proofs[position:run_end]:
+                    proof.append(value)
+            position = run_end
+            node += 1
+        level += 1
+    return [tuple(proof) for proof in proofs]
+
+
 class TreeReader:
     """Serves node hashes and proofs of the stored tree, with a cache of full tiles.
 
@@ -113,6 +200,7 @@ class TreeReader:
         self._cache: OrderedDict[TileKey, ExpandedTile] = OrderedDict()
         self._cache_size = cache_tiles
         self._edge = edge or (lambda: None)
+        self._edge_rows: dict[TileKey, tuple[bytes, ExpandedTile]] = {}
 
     def _cached(self, key: TileKey) -> ExpandedTile | None:
         rows = self._cache.get(key)
@@ -125,6 +213,22 @@ class TreeReader:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    def _expand_edge(self, key: TileKey, data: bytes) -> ExpandedTile:
+        """Return the expansion of an in-memory edge tile, reusing it while the tile is unchanged.
+
+        An edge tile changes with every commit that reaches it, but between two commits every
+        proof and tile read of the right edge needs the same expansion (up to 255 hashes).
+        The cached rows are reused only for byte-identical contents.
+        """
+        hit = self._edge_rows.get(key)
+        if hit is not None and hit[0] == data:
+            return hit[1]
+        rows = expand_tile(data)
+        if len(self._edge_rows) >= _EDGE_CACHE_LIMIT:
+            self._edge_rows.clear()
+        self._edge_rows[key] = (data, rows)
+        return rows
+
     async def expanded_tiles(self, keys: Sequence[TileKey]) -> dict[TileKey, ExpandedTile]:
         """Return the expanded contents of tiles, reading what the cache and edge lack at once."""
         found: dict[TileKey, ExpandedTile] = {}
@@ -135,7 +239,7 @@ class TreeReader:
             if rows is not None:
                 found[key] = rows
             elif edge is not None and key in edge.tiles:
-                found[key] = expand_tile(edge.tiles[key])
+                found[key] = self._expand_edge(key, edge.tiles[key])
             else:
                 missing.append(key)
         if missing:
