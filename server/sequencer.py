@@ -47,7 +47,14 @@ from server.storage.base import (
     Storage,
     StorageError,
 )
-from server.treeview import EdgeTiles, ExpandedTile, TreeReader, expand_tile, hashes_for_nodes
+from server.treeview import (
+    EdgeTiles,
+    ExpandedTile,
+    TreeReader,
+    expand_tile,
+    hashes_for_nodes,
+    inclusion_proofs,
+)
 
 __all__ = [
     "IntegrityFailure",
@@ -509,13 +516,11 @@ class Sequencer:
                 rows = expanded[key] = expand_tile(tiles[key])
             return rows
 
-        for i, p in enumerate(fresh):
-            index = old_size + i
-            nodes: list[Node] = inclusion_nodes(index, new_size)
-            proof = build_inclusion_proof(index, new_size, hashes_for_nodes(nodes, expand))
+        proofs = inclusion_proofs(old_size, len(fresh), new_size, expand)
+        for i, (p, proof) in enumerate(zip(fresh, proofs, strict=True)):
             if not p.future.done():
                 p.future.set_result(
-                    Sequenced(index, p.submission.leaf_hash, False, new_size, note, tuple(proof))
+                    Sequenced(old_size + i, p.submission.leaf_hash, False, new_size, note, proof)
                 )
         for callback in self._subscribers:
             try:
