@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA ?= .etch
 
-.PHONY: run test lint typecheck unit bench clean venv
+.PHONY: run test lint typecheck unit bench clean venv browser
 
 venv: $(STAMP)
 
@@ -14,6 +14,27 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
+
+# The explorer's browser tests: Playwright (the `browser` extra) drives Debian's chromium, which
+# is installed here when missing (as root, or with password-less sudo); otherwise this fails
+# and says what to install.
+CHROMIUM := /usr/bin/chromium
+BROWSER_STAMP := $(VENV)/.browser-stamp
+
+browser: $(BROWSER_STAMP)
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "make browser: $(CHROMIUM) is missing; install Debian's chromium package" \
+	    "(apt-get install chromium) as root, or run 'make unit' to skip the browser tests" >&2; \
+	    exit 1; fi; \
+	  echo "make browser: installing Debian's chromium"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@test -x $(CHROMIUM) || { echo "make browser: chromium is still missing at $(CHROMIUM)" >&2; exit 1; }
+
+$(BROWSER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,browser]'
+	touch $(BROWSER_STAMP)
 
 run: $(STAMP)
 	$(PY) -m server.devrun --data-dir $(DATA)
@@ -27,7 +48,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q
 
-test: lint typecheck unit
+test: browser lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
