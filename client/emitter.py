@@ -112,6 +112,7 @@ from prometheus_client.registry import Collector
 from client.cbor import CBORError, decode_deterministic, encode_deterministic
 from client.spool import (
     Deferral,
+    FailedEvent,
     NewEvent,
     Refusal,
     Spool,
@@ -638,7 +639,8 @@ class _StatsCollector(Collector):
 
 # --------------------------------------------------------------------------- the emitter
 
-_QueueItem = tuple[dict[str, object], _Waiter | None]
+_QueueItem = tuple[dict[str, object], str, _Waiter | None]
+"""A queued event: the private copy, its jti, and the durable caller's waiter (or None)."""
 
 
 class Emitter:
@@ -777,14 +779,18 @@ class Emitter:
 
     # -- producing -------------------------------------------------------------------------
 
-    def _prepare(self, event: Mapping[str, Any]) -> dict[str, object]:
-        """Copy and check ``event`` and fill ``iss``, ``jti`` and ``iat`` when missing."""
+    def _prepare(self, event: Mapping[str, Any]) -> tuple[dict[str, object], str]:
+        """Copy and check ``event``, fill ``iss``, ``jti`` and ``iat`` when missing.
+
+        Returns the copy and its jti.
+        """
         if not isinstance(event, Mapping):
             raise TypeError("an event must be a mapping with text keys")
         copy = _copy_map(event, 1)
-        if "jti" not in copy:
-            copy["jti"] = os.urandom(16).hex()
-        elif type(copy["jti"]) is not str or not copy["jti"]:
+        jti = copy.get("jti")
+        if jti is None:
+            jti = copy["jti"] = os.urandom(16).hex()
+        elif type(jti) is not str or not jti:
             raise ValueError("an event's jti must be a non-empty text string")
         if "iat" not in copy:
             copy["iat"] = int(time.time())
@@ -792,7 +798,7 @@ class Emitter:
             if self._issuer is None:
                 raise ValueError("the event has no iss and the emitter has no issuer")
             copy["iss"] = self._issuer
-        return copy
+        return copy, jti
 
     def emit(self, event: Mapping[str, Any]) -> str | None:
         """Queue ``event`` for signing, spooling and delivery; return its ``jti``.
@@ -804,16 +810,16 @@ class Emitter:
         Raises TypeError / ValueError for a malformed event (a programming error, see the
         module docstring) and EmitterClosedError after :meth:`close`; never for log trouble.
         """
-        item = self._prepare(event)
+        item, jti = self._prepare(event)
         if self._closing:
             raise EmitterClosedError("the emitter is closed")
         if len(self._queue) >= self.config.max_queue:
             self._drop_queue_full()
             return None
-        self._queue.append((item, None))
+        self._queue.append((item, jti, None))
         if self._writer_idle:
             self._wake.set()
-        return item["jti"]  # type: ignore[return-value]
+        return jti
 
     def _drop_queue_full(self) -> None:
         """Count an event dropped because the queue is full; warn once per episode."""
@@ -826,7 +832,7 @@ class Emitter:
 
     def _enqueue_durable(self, event: Mapping[str, Any], waiter: _Waiter) -> str:
         """Check, queue ``event`` with ``waiter`` and wake the writer; return the jti."""
-        item = self._prepare(event)
+        item, jti = self._prepare(event)
         if self._closing:
             raise EmitterClosedError("the emitter is closed")
         with self._state:
@@ -836,10 +842,10 @@ class Emitter:
             )
         if full:
             raise SpoolFullError("the spool is at its bound; the event was not stored")
-        self._queue.append((item, waiter))
+        self._queue.append((item, jti, waiter))
         self._urgent = True
         self._wake.set()
-        return item["jti"]  # type: ignore[return-value]
+        return jti
 
     def emit_durable(self, event: Mapping[str, Any], timeout: float | None = None) -> str:
         """Queue ``event`` and return its ``jti`` once it is committed to the spool.
@@ -925,9 +931,9 @@ class Emitter:
         space_rows -= len(carry)
         space_bytes -= sum(row.size for row, _ in carry)
         for _ in range(count):
-            event, waiter = queue.popleft()
+            event, jti, waiter = queue.popleft()
             data, signature = sign_event(event, self._key)
-            row = NewEvent(event["jti"], data, signature, now_ms)  # type: ignore[arg-type]
+            row = NewEvent(jti, data, signature, now_ms)
             if space_rows < 1 or space_bytes < row.size:
                 dropped.append(waiter)
                 continue
@@ -1352,8 +1358,8 @@ class Emitter:
         with self._reader_lock:
             return self._reader().receipts(after_seq, limit)
 
-    def failed_events(self, limit: int = 100) -> list[Any]:
-        """Return up to ``limit`` events the log refused for good (client.spool.FailedEvent)."""
+    def failed_events(self, limit: int = 100) -> list[FailedEvent]:
+        """Return up to ``limit`` events the log refused for good, oldest first."""
         with self._reader_lock:
             return list(self._reader().failed(limit))
 

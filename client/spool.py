@@ -1,7 +1,7 @@
 """The emitter's durable local spool: one SQLite file (WAL, ``synchronous=FULL``).
 
 Signed events wait here until the log has returned a receipt that verifies; verified receipts
-are kept here so the OAuth server can hand them out. Three tables:
+are kept here so the OAuth server can hand them out. Two tables and a version:
 
 ``outbox``
     one row per signed event not yet delivered: ``seq`` (increasing, never reused), ``jti``,
