@@ -515,3 +515,50 @@ def test_command_line_runs_the_example(tmp_path: Path, log: Log) -> None:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_durable_mode_stores_the_event_before_answering(tmp_path: Path) -> None:
+    from tests.emitter_fakelog import FakeLog
+
+    key = Ed25519PrivateKey.generate()
+    fake = FakeLog(key.public_key())
+    fake.down = True
+    emitter = Emitter(
+        "http://log.test", fake.credential, key, tmp_path / "spool.db", log_vkey=fake.vkey,
+        transport=fake.transport(),
+        config=EmitterConfig(max_spool_events=2, backoff_base=0.05, backoff_max=0.5),
+    )
+    credentials = DemoCredentials.load_or_create(tmp_path / "demo.json")
+    app = create_app(emitter, demo_store(credentials), issuer=ISSUER,
+                     pseudonym_key=secrets.token_bytes(32), durable=True)
+    client = app.test_client()
+    auth = "Basic " + base64.b64encode(
+        f"{SERVICE_CLIENT}:{credentials.service_secret}".encode()).decode()
+    try:
+        for _ in range(2):
+            response = client.post("/oauth/token", headers={"Authorization": auth},
+                                   data={"grant_type": "client_credentials", "scope": "read"})
+            assert response.status_code == 200
+            jti = response.get_json()["etch_event"]
+            assert jti in {row.jti for row in pending_rows(tmp_path / "spool.db")}
+        # The spool is full: the server refuses to issue a token it cannot audit.
+        response = client.post("/oauth/token", headers={"Authorization": auth},
+                               data={"grant_type": "client_credentials", "scope": "read"})
+        assert response.status_code == 503
+        assert response.get_json()["error"] == "temporarily_unavailable"
+        fake.down = False
+        assert emitter.flush(20.0)
+        assert len(fake.entries) == 2
+    finally:
+        emitter.close(timeout=2.0)
+
+
+def pending_rows(path: Path) -> list[Any]:
+    """The spool's pending rows, read with a separate connection."""
+    from client.spool import Spool
+
+    reader = Spool(path)
+    try:
+        return list(reader.pending(limit=100))
+    finally:
+        reader.close()
