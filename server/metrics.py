@@ -52,12 +52,6 @@ class LogMetrics:
             ["type"],
             registry=r,
         )
-        self.requests = Counter(
-            "etch_http_requests",
-            "HTTP requests by route group and status class.",
-            ["route", "status"],
-            registry=r,
-        )
         self.cosignatures = Counter(
             "etch_witness_cosignatures",
             "Cosignatures collected, by witness.",

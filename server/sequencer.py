@@ -292,7 +292,7 @@ class Sequencer:
 
         Raises IntegrityFailure when the stored log does not reproduce its checkpoint.
         """
-        await self._load()
+        await self._load(full=self._full_check)
         self._task = asyncio.create_task(self._run(), name=f"sequencer {self._origin}")
 
     async def stop(self) -> None:
@@ -323,14 +323,14 @@ class Sequencer:
 
     # -- loading and verification ------------------------------------------------------------
 
-    async def _load(self) -> None:
+    async def _load(self, *, full: bool = False) -> None:
         state = await self._storage.load_state()
         if state is None:
             await self._create_empty()
             state = await self._storage.load_state()
             if state is None:
                 raise IntegrityFailure("the empty tree was committed but cannot be read back")
-        self._state = await self._verify_state(state)
+        self._state = await self._verify_state(state, full=full)
         self._dirty = False
 
     async def _create_empty(self) -> None:
@@ -342,7 +342,7 @@ class Sequencer:
         await self._storage.commit(None, batch)
         log.info("created the empty log %s", self._origin)
 
-    async def _verify_state(self, state: LogState) -> _State:
+    async def _verify_state(self, state: LogState, *, full: bool) -> _State:
         try:
             checkpoint, _, _ = open_checkpoint(state.checkpoint, self._verifier)
             compact = CompactRange.from_bytes(state.compact_range)
@@ -359,7 +359,7 @@ class Sequencer:
             )
         if compact.root() != checkpoint.root_hash:
             raise IntegrityFailure("the stored compact range does not reproduce the checkpoint")
-        await verify_tiles(self._storage, checkpoint, full=self._full_check)
+        await verify_tiles(self._storage, checkpoint, full=full)
         edge_keys = _edge_keys(state.tree_size)
         edge = await self._storage.read_tiles(edge_keys) if edge_keys else {}
         for key in edge_keys:
