@@ -1,11 +1,13 @@
 """SQLite storage backend: one database file, the embedded default (ARCHITECTURE.md "Storage").
 
 Uses the standard-library :mod:`sqlite3` in WAL mode with ``synchronous=FULL``, so a commit is
-on disk when :meth:`SQLiteStorage.commit` returns. Two connections, each owned by one dedicated
-thread: the writer (schema, commits, metadata writes) and the reader (every read, with
-``query_only`` on). WAL lets the reader run while the writer commits, and a read started after a
-commit returned sees it. A commit runs under ``BEGIN IMMEDIATE``, so two storage objects (or two
-processes) on one file serialize, and the compare-and-swap of the checkpoint holds across them.
+on disk when :meth:`SQLiteStorage.commit` returns. Each connection is owned by one dedicated
+thread: the writer (schema, commits, metadata writes) and ``readers`` readers (every read, with
+``query_only`` on; a read goes to the reader with the fewest calls in flight, so concurrent
+requests query in parallel, SQLite releasing the GIL while it works). WAL lets the readers run
+while the writer commits, and a read started after a commit returned sees it. A commit runs
+under ``BEGIN IMMEDIATE``, so two storage objects (or two processes) on one file serialize,
+and the compare-and-swap of the checkpoint holds across them.
 
 Text keys are stored as UTF-8 BLOBs (see :mod:`server.storage.base`). ``sqlite3`` errors are
 mapped onto the :mod:`server.storage.base` hierarchy: busy, locked, I/O, disk full and
@@ -199,6 +201,7 @@ class _Worker:
     def __init__(self, name: str) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._conn: sqlite3.Connection | None = None
+        self.in_flight = 0
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the worker thread and return its result.
@@ -207,7 +210,11 @@ class _Worker:
         ``sqlite3`` error.
         """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._invoke, fn)
+        self.in_flight += 1
+        try:
+            return await loop.run_in_executor(self._executor, self._invoke, fn)
+        finally:
+            self.in_flight -= 1
 
     def _invoke(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -248,16 +255,22 @@ class SQLiteStorage:
 
     ``path`` is the database file (created if missing; its directory must exist);
     ``busy_timeout`` is how long, in seconds, a statement waits for another connection's lock
-    before :class:`StorageUnavailable`.
+    before :class:`StorageUnavailable`; ``readers`` is the number of reading connections.
+    Raises ValueError for a bad path or ``readers < 1``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0, readers: int = 4
+    ) -> None:
         self._path = os.fspath(path)
         if self._path in ("", ":memory:") or self._path.startswith("file:"):
             raise ValueError("SQLite storage needs a file path (no :memory: or URI names)")
+        if readers < 1:
+            raise ValueError("SQLite storage needs at least one reader")
         self._busy_ms = int(busy_timeout * 1000)
+        self._reader_count = readers
         self._writer: _Worker | None = None
-        self._reader: _Worker | None = None
+        self._readers: tuple[_Worker, ...] = ()
 
     @property
     def path(self) -> str:
@@ -328,21 +341,24 @@ class SQLiteStorage:
         """
         if self._writer is not None:
             return
-        writer, reader = _Worker("etch-sqlite-writer"), _Worker("etch-sqlite-reader")
+        writer = _Worker("etch-sqlite-writer")
+        readers = tuple(_Worker("etch-sqlite-reader") for _ in range(self._reader_count))
         try:
             await writer.connect(lambda: self._connect(writer=True))
-            await reader.connect(lambda: self._connect(writer=False))
+            for reader in readers:
+                await reader.connect(lambda: self._connect(writer=False))
         except BaseException:
             await writer.close()
-            await reader.close()
+            for reader in readers:
+                await reader.close()
             raise
-        self._writer, self._reader = writer, reader
+        self._writer, self._readers = writer, readers
 
     async def close(self) -> None:
-        """Close both connections; does nothing if not open."""
-        writer, reader = self._writer, self._reader
-        self._writer = self._reader = None
-        if reader is not None:
+        """Close every connection; does nothing if not open."""
+        writer, readers = self._writer, self._readers
+        self._writer, self._readers = None, ()
+        for reader in readers:
             await reader.close()
         if writer is not None:
             await writer.close()
@@ -353,9 +369,10 @@ class SQLiteStorage:
         return self._writer
 
     def _read(self) -> _Worker:
-        if self._reader is None:
+        """Return the reader with the fewest calls in flight."""
+        if not self._readers:
             raise StorageError("storage is not open")
-        return self._reader
+        return min(self._readers, key=_in_flight)
 
     # -- the sequencer's state and commit --------------------------------------------------
 
@@ -817,6 +834,11 @@ def _principal_rows(
         )
         found.append(Principal(role, name, credential_hash, status, created_ms, keys))
     return found
+
+
+def _in_flight(worker: _Worker) -> int:
+    """Return the number of calls queued on or running in ``worker``."""
+    return worker.in_flight
 
 
 def _storable_tile(key: TileKey) -> bool:
