@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from server.config import DEFAULT_ORIGIN
+from server.explorer.demo import DEMO_TOKEN, submit_demo_events_from_files
 from server.keys import load_or_create_log_key
 from witness.keys import load_or_create_key
 
@@ -217,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         _wait_healthy(children, 30.0)
+        try:  # the demo token's events, for the explorer's "my token" (duplicates on restart)
+            submit_demo_events_from_files(log_url, credential_file, key_file)
+        except (OSError, ValueError, httpx.HTTPError) as exc:
+            print(f"make run: could not log the demo token's events: {exc}", flush=True)
         _banner(data, log_url, vkey, witnesses, credential_file, key_file)
         while not stop:
             for child in children:
@@ -261,6 +266,9 @@ def _banner(
         f"  .venv/bin/etch checkpoint --log {log_url} --policy {data / 'policy.txt'}",
         f"  .venv/bin/etch receipt --log {log_url} --index 0 -o receipt.tlog-proof",
         f"  .venv/bin/etch verify receipt.tlog-proof --policy {data / 'policy.txt'}",
+        "",
+        f"Explore in a browser: {log_url}/explorer   (each witness: <its URL>/explorer)",
+        f'  "My token": paste the demo token {DEMO_TOKEN} to see its events verified',
         "",
         "Press Ctrl-C to stop.",
     ]

@@ -137,6 +137,7 @@ class LiveStack:
         self.other_indexes: list[int] = []
         self.reader_credential = ""
         self.submitter_credential = ""
+        self.submitter_key = ed25519.Ed25519PrivateKey.generate()
         self.log_private_key = ""
         self.tampering: TamperingApp | None = None
         self.published_size = 0
@@ -266,7 +267,7 @@ class LiveStack:
 
     async def _fill(self, storage: SQLiteStorage, service: LogService, clock: FixedClock) -> None:
         """Register principals, submit the events over HTTP, wait for a cosigned checkpoint."""
-        key = ed25519.Ed25519PrivateKey.generate()
+        key = self.submitter_key
         raw = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 if os.environ.get("CI") != "true":  # under CI a missing Playwright is an error, not a skip
@@ -23,6 +25,9 @@ if os.environ.get("CI") != "true":  # under CI a missing Playwright is an error,
 from playwright.sync_api import ConsoleMessage, Page, Request, expect
 
 from client.tokens import token_ref
+from merkle.checkpoint import parse_checkpoint
+from merkle.note import parse_note
+from server.explorer.demo import DEMO_TOKEN, submit_demo_events
 from tests.browser.conftest import Screenshots
 from tests.browser.live import FORKED_ORIGIN, TAMPERED_TOKEN, TOKEN, LiveStack
 from tests.server_helpers import ORIGIN
@@ -243,3 +248,34 @@ def test_pages_work_without_the_script(
     page.get_by_role("button", name="Find and verify").click()
     expect(page.locator(".notice.warn")).to_contain_text("not sent anywhere")
     assert TOKEN not in page.url
+
+
+def test_demo_token_of_make_run(
+    page: Page, live_stack: LiveStack, screenshots: Screenshots, problems: list[str]
+) -> None:
+    """What a newcomer does after ``make run``: paste the demo token, see its events verified.
+
+    Runs last: it grows the log.
+    """
+    with httpx.Client(base_url=live_stack.log_url, timeout=10.0) as client:
+        assert (
+            submit_demo_events(client, live_stack.submitter_credential, live_stack.submitter_key)
+            == 4
+        )
+        assert (
+            submit_demo_events(client, live_stack.submitter_credential, live_stack.submitter_key)
+            == 0
+        )
+        wanted = live_stack.published_size + 4
+        deadline = time.monotonic() + 20
+        while (
+            parse_checkpoint(parse_note(client.get("/checkpoint").content).text).tree_size < wanted
+        ):
+            assert time.monotonic() < deadline, "the demo events were not cosigned in time"
+            time.sleep(0.1)
+    live_stack.published_size = wanted
+    page.goto(live_stack.log_url + "/explorer/token")
+    page.locator("#token-input").fill(DEMO_TOKEN)
+    page.locator("#token-input").press("Enter")
+    expect(page.locator("#token-status")).to_contain_text("4 events: 4 verified, 0 failed")
+    screenshots.take(page, "demo-token")
