@@ -42,13 +42,20 @@ from typing import Any, Final
 
 import httpx
 
-from client.errors import ClientError, ConfigurationError, StateError
+from client.errors import ClientError, ConfigurationError, LogResponseError, StateError
 from client.logclient import LogClient, VerifiedCheckpoint, atomic_write
 from merkle.checkpoint import open_checkpoint
 from merkle.errors import MerkleError, ProofError
 from merkle.hashing import EMPTY_ROOT, HASH_SIZE
 from merkle.note import parse_verifier
-from merkle.tiles import TILE_HEIGHT, TILE_WIDTH, Tile, format_tile_path, node_hashes_from_tiles
+from merkle.tiles import (
+    TILE_HEIGHT,
+    TILE_WIDTH,
+    Tile,
+    format_tile_path,
+    node_hashes_from_tiles,
+    parse_entry_bundle,
+)
 from merkle.tree import Node, root_from_hashes, root_nodes, verify_inclusion
 
 __all__ = [
@@ -114,6 +121,28 @@ def _tile_root(hashes: list[bytes]) -> bytes:
     while len(hashes) > 1:
         hashes = _pair_level(hashes)
     return hashes[0]
+
+
+def bundle_leaf_hashes(data: bytes, count: int) -> list[bytes] | None:
+    """Return the RFC 6962 leaf hashes of the entries of an entry bundle, parsing it strictly.
+
+    One pass over C2SP tlog-tiles "uint16 length || entry" records, hashing as it goes (the
+    audit's inner loop). Returns ``None`` if the bundle is truncated, empty, or does not hold
+    exactly ``count`` entries.
+    """
+    sha = _sha256
+    hashes: list[bytes] = []
+    append = hashes.append
+    at, end = 0, len(data)
+    while at < end:
+        if at + 2 > end:
+            return None
+        start = at + 2
+        at = start + ((data[at] << 8) | data[at + 1])
+        if at > end:
+            return None
+        append(sha(b"\x00" + data[start:at]).digest())
+    return hashes if len(hashes) == count and count > 0 else None
 
 
 def _split(data: bytes) -> list[bytes]:
@@ -297,9 +326,9 @@ class Auditor:
                 found.append((f"witness {witness.name} ({url})", response.content))
         return found
 
-    async def _fetch_tile0(self, index: int, width: int, size: int) -> tuple[list[bytes], bytes]:
+    async def _fetch_tile0(self, index: int, width: int, size: int) -> tuple[bytes, bytes]:
         bundle, data = await asyncio.gather(
-            self.client.bundle(index, size),
+            self.client.bundle_bytes(index, size),
             self._fetch_hash_tile(Tile(0, index, width)),
         )
         return bundle, data
@@ -320,10 +349,9 @@ class Auditor:
     ) -> None:
         size = target.tree_size
         count = -(-size // TILE_WIDTH)
-        pending: collections.deque[asyncio.Task[tuple[list[bytes], bytes]]] = collections.deque()
+        pending: collections.deque[asyncio.Task[tuple[bytes, bytes]]] = collections.deque()
         next_fetch = progress.next_tile
         last_save = last_report = time.monotonic()
-        sha = _sha256
         try:
             for index in range(progress.next_tile, count):
                 while next_fetch < count and len(pending) < self.window:
@@ -332,11 +360,17 @@ class Auditor:
                         asyncio.ensure_future(self._fetch_tile0(next_fetch, width, size))
                     )
                     next_fetch += 1
-                entries, served = await pending.popleft()
+                bundle, served = await pending.popleft()
                 self.tiles_read += 1
-                hashes = [sha(b"\x00" + entry).digest() for entry in entries]
+                width = min(TILE_WIDTH, size - index * TILE_WIDTH)
+                hashes = bundle_leaf_hashes(bundle, width)
+                if hashes is None:
+                    raise LogResponseError(
+                        f"entry bundle {index} is malformed or does not hold {width} entries"
+                    )
                 computed = b"".join(hashes)
                 if computed != served:
+                    entries = parse_entry_bundle(bundle)
                     await self._leaf_mismatch(target, index, entries, served, computed)
                 if len(hashes) == TILE_WIDTH:
                     await self._push(target, progress, 0, _tile_root(hashes))

@@ -89,21 +89,24 @@ from client.errors import (
     VerificationError,
 )
 from client.tlogtiles import (
+    MAX_BUNDLE_BYTES,
     TileFetchError,
     TileNotFoundError,
     TileResponseError,
     TlogTilesClient,
     TlogTilesError,
+    tile_for_size,
 )
 from client.tokens import is_token_ref, token_ref
+from client.transport import Http11Pool, Http11Transport, origin_of
 from merkle.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
 from merkle.cosignature import cosignature_timestamp
 from merkle.errors import MalformedError, MerkleError, NoteError, PolicyError, ProofError
 from merkle.hashing import HASH_SIZE, leaf_hash
 from merkle.note import Note, decode_base64, encode_base64, parse_note, parse_verifier
 from merkle.policy import Policy, parse_policy, verify_checkpoint
-from merkle.receipt import Receipt, format_receipt, parse_receipt, verify_receipt
-from merkle.tiles import TILE_WIDTH, Tile
+from merkle.receipt import Receipt, format_receipt, parse_receipt
+from merkle.tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, format_entry_bundle, format_tile_path
 from merkle.tree import Node, verify_consistency, verify_inclusion
 
 __all__ = [
@@ -311,13 +314,20 @@ class LookupQuery:
 
 @dataclass(frozen=True, slots=True)
 class ReceiptReport:
-    """What :func:`verify_receipt_file` established: the entry is in the log, as of checkpoint."""
+    """What :func:`verify_receipt_file` established: the entry is in the log, as of checkpoint.
+
+    ``entry_source`` says where the entry came from (``given`` or ``receipt extra``).
+    """
 
     index: int
     entry: bytes
     checkpoint: VerifiedCheckpoint
     entry_source: str
-    leaf: LeafView | None = None
+
+    @property
+    def leaf(self) -> LeafView | None:
+        """The entry decoded as an Etch event leaf, or ``None`` if it is not one."""
+        return parse_leaf_view(self.entry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +488,19 @@ def event_matches(leaf: LeafView | None, query: LookupQuery) -> bool:
     if query.kind == "subject":
         return subject_key(event.get("sub")) == query.value
     return event.get(query.kind) == query.value
+
+
+@contextlib.contextmanager
+def _reader_hint() -> Iterator[None]:
+    """Add a hint about reader credentials to a 401/403 refusal of entry contents."""
+    try:
+        yield
+    except LogResponseError as exc:
+        if isinstance(exc, NotFoundError) or not re.search(r"answered 40[13]\b", str(exc)):
+            raise
+        raise LogResponseError(
+            f"{exc}: entry contents need a reader's credential (--credential-file)"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -920,10 +943,12 @@ def verify_receipt_file(
 ) -> ReceiptReport:
     """Verify a C2SP tlog-proof receipt offline, for ``entry`` or the entry in its ``extra``.
 
-    Checks the checkpoint's log signature and witness quorum under ``policy``, then the
-    inclusion proof of ``leaf_hash(entry)`` at the receipt's index (RFC 9162 §2.1.3.2). The
-    ``extra`` line is unauthenticated data, but an entry taken from it is exactly as trusted
-    as one given separately once its inclusion verifies.
+    What :func:`merkle.receipt.verify_receipt` checks, in its order: the checkpoint's log
+    signature and witness quorum under ``policy`` (:func:`merkle.policy.verify_checkpoint`),
+    then the RFC 9162 §2.1.3.2 inclusion proof of ``leaf_hash(entry)`` at the receipt's index;
+    the parsed note is kept to report the cosigners. The ``extra`` line is unauthenticated
+    data, but an entry taken from it is exactly as trusted as one given separately once its
+    inclusion verifies.
 
     Raises ReceiptVerificationError with the reason (malformed receipt, no entry, signature,
     quorum, proof).
@@ -940,7 +965,18 @@ def verify_receipt_file(
             )
         entry, source = receipt.extra, "receipt extra"
     try:
-        checkpoint = verify_receipt(receipt, entry, policy)
+        checkpoint, note = verify_checkpoint(policy, receipt.checkpoint)
+        if receipt.index >= checkpoint.tree_size:
+            raise ProofError(
+                f"index {receipt.index} is not below the tree size {checkpoint.tree_size}"
+            )
+        verify_inclusion(
+            leaf_hash(entry),
+            receipt.index,
+            checkpoint.tree_size,
+            receipt.proof,
+            checkpoint.root_hash,
+        )
     except PolicyError as exc:
         raise ReceiptVerificationError(f"witness quorum not met: {exc}") from None
     except NoteError as exc:
@@ -949,10 +985,8 @@ def verify_receipt_file(
         raise ReceiptVerificationError(f"inclusion proof: {exc}") from None
     except MerkleError as exc:
         raise ReceiptVerificationError(str(exc)) from None
-    verified = VerifiedCheckpoint(
-        receipt.checkpoint, checkpoint, _cosigners(policy, parse_note(receipt.checkpoint))
-    )
-    return ReceiptReport(receipt.index, entry, verified, source, parse_leaf_view(entry))
+    verified = VerifiedCheckpoint(receipt.checkpoint, checkpoint, _cosigners(policy, note))
+    return ReceiptReport(receipt.index, entry, verified, source)
 
 
 def _cosigners(policy: Policy, note: Note) -> tuple[Cosigner, ...]:
@@ -985,7 +1019,8 @@ class LogClient:
     checkpoint trusted; ``state_dir`` holds the trusted states (``None``: memory only, for one
     process); ``evidence_dir`` receives evidence files (default ``<state_dir>/evidence``);
     ``credential`` is a bearer credential sent to the log (readers, submitters); ``http`` an
-    existing client to use (``transport`` tests pass an ASGI one).
+    existing client to use (``transport`` tests pass an ASGI one); ``compress`` asks for gzip
+    bodies (worth it over a network, not on loopback).
     """
 
     def __init__(
@@ -1001,9 +1036,14 @@ class LogClient:
         timeout: float = 15.0,
         concurrency: int = 8,
         compress: bool = True,
+        lean_http: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """Prepare the client; nothing is fetched yet. Raises ConfigurationError."""
+        """Prepare the client; nothing is fetched yet. Raises ConfigurationError.
+
+        ``lean_http`` uses :class:`client.transport.Http11Transport` (much less CPU per
+        request, no proxy support) instead of ``httpx``'s default transport.
+        """
         self.url = _canonical_url(url)
         if not policy.logs:
             raise ConfigurationError("the policy lists no log")
@@ -1025,6 +1065,21 @@ class LogClient:
                 raise ConfigurationError("the credential is empty or has spaces or controls")
             headers["Authorization"] = f"Bearer {credential}"
         self._own_http = http is None
+        self._timeout = timeout
+        self._pool: Http11Pool | None = None
+        if transport is None and http is None and lean_http:
+            self._pool = Http11Pool(max_connections=concurrency)
+            transport = Http11Transport(self._pool)
+        base = httpx.URL(self.url)
+        self._origin = origin_of(base)
+        self._base_path = base.raw_path.rstrip(b"/")
+        self._raw_headers = [
+            (b"Host", base.netloc),
+            (b"User-Agent", b"etch-client/0.1"),
+            (b"Accept-Encoding", b"identity"),
+        ]
+        if credential is not None:
+            self._raw_headers.append((b"Authorization", f"Bearer {credential}".encode("ascii")))
         self.http = http or httpx.AsyncClient(
             transport=transport,
             headers=headers,
@@ -1375,10 +1430,63 @@ class LogClient:
             nodes = [Node(0, i) for i in range(tile_index * TILE_WIDTH, end)]
             return await self.tiles.read_node_hashes(nodes, tree_size)
 
+    async def _raw_get(self, path: str, limit: int) -> bytes:
+        """GET ``<url>/<path>`` on the lean pool, statuses mapped as the tile reader maps them.
+
+        Requires ``lean_http``. Raises NotFoundError (404, 410), LogUnavailableError (network,
+        timeout, 429, 5xx), LogResponseError (other statuses, a body over ``limit`` bytes or
+        with a content coding).
+        """
+        assert self._pool is not None
+        url = f"{self.url}/{path}"
+        try:
+            answer = await self._pool.request(
+                "GET",
+                self._origin,
+                self._base_path + b"/" + path.encode("ascii"),
+                self._raw_headers,
+                connect_timeout=self._timeout,
+                read_timeout=self._timeout,
+            )
+        except httpx.HTTPError as exc:
+            raise LogUnavailableError(f"{type(exc).__name__} ({url})") from None
+        status = answer.status
+        if status in (404, 410):
+            raise NotFoundError(f"log answered {status} ({url})")
+        if status == 429 or status >= 500:
+            raise LogUnavailableError(f"log answered {status} ({url})")
+        if status != 200:
+            raise LogResponseError(f"log answered {status} ({url})")
+        if len(answer.body) > limit:
+            raise LogResponseError(f"response is larger than {limit} bytes ({url})")
+        for name, value in answer.headers:
+            if name.lower() == b"content-encoding" and value.strip().lower() != b"identity":
+                raise LogResponseError(f"unasked-for content coding ({url})")
+        return answer.body
+
     async def hash_tile(self, tile: Tile) -> bytes:
-        """Return hash tile ``tile`` (level >= 0) at exactly its width, as served (unchecked)."""
-        with _tile_errors():
-            data = await self.tiles.fetch_tile(tile)
+        """Return hash tile ``tile`` (level >= 0) at exactly its width, as served (unchecked).
+
+        A partial tile that answers 404 is read from the full tile. Raises LogUnavailableError,
+        LogResponseError (a body of the wrong length).
+        """
+        if self._pool is None:
+            with _tile_errors():
+                data = await self.tiles.fetch_tile(tile)
+            return data[: tile.width * HASH_SIZE]
+        wanted = tile
+        try:
+            data = await self._raw_get(format_tile_path(tile), TILE_WIDTH * HASH_SIZE)
+        except NotFoundError:
+            if not tile.is_partial:
+                raise
+            wanted = Tile(tile.level, tile.index)
+            data = await self._raw_get(format_tile_path(wanted), TILE_WIDTH * HASH_SIZE)
+        if len(data) != wanted.width * HASH_SIZE:
+            raise LogResponseError(
+                f"tile {format_tile_path(wanted)} has {len(data)} bytes, "
+                f"expected {wanted.width * HASH_SIZE}"
+            )
         return data[: tile.width * HASH_SIZE]
 
     async def bundle(self, bundle_index: int, tree_size: int) -> list[bytes]:
@@ -1387,15 +1495,25 @@ class LogClient:
         Raises LogUnavailableError, LogResponseError (which hints at a reader credential when
         the log refuses the read with 401 or 403).
         """
+        with _reader_hint(), _tile_errors():
+            return await self.tiles.fetch_entry_bundle(bundle_index, tree_size)
+
+    async def bundle_bytes(self, bundle_index: int, tree_size: int) -> bytes:
+        """Return bundle ``bundle_index`` of a tree of ``tree_size`` as served, unparsed.
+
+        A partial bundle that answers 404 is read from the full one (cut to its width). The
+        caller parses it (C2SP tlog-tiles entry bundle). Raises as :meth:`bundle`.
+        """
+        tile = tile_for_size(ENTRIES_LEVEL, bundle_index, tree_size)
         try:
-            with _tile_errors():
-                return await self.tiles.fetch_entry_bundle(bundle_index, tree_size)
-        except LogResponseError as exc:
-            if isinstance(exc, NotFoundError) or not re.search(r"answered 40[13]\b", str(exc)):
+            with _reader_hint(), _tile_errors():
+                if self._pool is not None:
+                    return await self._raw_get(format_tile_path(tile), MAX_BUNDLE_BYTES)
+                return await self.tiles.fetch_bytes(format_tile_path(tile), MAX_BUNDLE_BYTES)
+        except NotFoundError:
+            if not tile.is_partial:
                 raise
-            raise LogResponseError(
-                f"{exc}: entry contents need a reader's credential (--credential-file)"
-            ) from None
+        return format_entry_bundle(await self.bundle(bundle_index, tree_size))
 
     async def entry(self, index: int, checkpoint: VerifiedCheckpoint) -> VerifiedEntry:
         """Fetch entry ``index`` from its bundle and verify its inclusion under ``checkpoint``.

@@ -157,6 +157,15 @@ class TlogTilesClient:
         except httpx.HTTPError as exc:
             raise TileFetchError(f"{type(exc).__name__}", url=url) from None
 
+    async def fetch_bytes(self, path: str, limit: int) -> bytes:
+        """Return the body of ``<prefix>/<path>``, at most ``limit`` bytes, unparsed.
+
+        For callers that parse a resource themselves (a fused parse-and-hash loop). Raises
+        TileNotFoundError, TileFetchError, TileResponseError.
+        """
+        async with self._semaphore:
+            return await self._get(path, limit)
+
     async def fetch_checkpoint(self) -> bytes:
         """Return the bytes of ``<prefix>/checkpoint`` (unverified). Raises TlogTilesError."""
         return await self._get("checkpoint", self._max_checkpoint)

@@ -80,8 +80,13 @@ def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vkey-file", metavar="FILE", help="file holding the log's verifier key")
 
 
-def add_log_arguments(parser: argparse.ArgumentParser, *, credential: bool = True) -> None:
-    """Add the options every command that reads a log takes (see the module docstring)."""
+def add_log_arguments(
+    parser: argparse.ArgumentParser, *, credential: bool = True, http: str = "httpx"
+) -> None:
+    """Add the options every command that reads a log takes (see the module docstring).
+
+    ``http`` is the default HTTP client (``--http``).
+    """
     parser.add_argument(
         "--log", default=DEFAULT_LOG_URL, metavar="URL", help=f"the log (default {DEFAULT_LOG_URL})"
     )
@@ -102,6 +107,12 @@ def add_log_arguments(parser: argparse.ArgumentParser, *, credential: bool = Tru
         )
     parser.add_argument(
         "--timeout", type=float, default=15.0, metavar="S", help="per request (default 15)"
+    )
+    parser.add_argument(
+        "--http",
+        choices=("httpx", "lean"),
+        default=http,
+        help=f"HTTP client: httpx (proxies honoured) or lean (less CPU; default {http})",
     )
     add_output_argument(parser)
 
@@ -175,6 +186,7 @@ def make_client(args: argparse.Namespace, **options: Any) -> LogClient:
         evidence_dir=evidence,
         credential=credential,
         timeout=args.timeout,
+        lean_http=getattr(args, "http", "httpx") == "lean",
         **options,
     )
 

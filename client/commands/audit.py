@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_log_arguments(parser)
+    add_log_arguments(parser, http="lean")
     parser.add_argument(
         "--state", metavar="FILE", help="progress file (default STATE_DIR/audit/<origin>.json)"
     )
@@ -185,4 +185,4 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"checkpoint {check.source}: size {check.tree_size}, {check.status}")
         return EXIT_OK
 
-    return run_client_command("audit", args, body)
+    return run_client_command("audit", args, body, compress=False)

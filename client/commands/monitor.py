@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_log_arguments(parser)
+    add_log_arguments(parser, http="lean")
     parser.add_argument(
         "--state", metavar="FILE", help="monitor state (default STATE_DIR/monitor/<origin>.json)"
     )
