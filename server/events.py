@@ -45,6 +45,10 @@ submission, at any depth, before anything else looks at it, and refuses
   value is one) nor to subject pseudonyms (``sub``, and ``id``/``sub`` inside a subject
   identifier), which are hashes by design.
 
+The claims of a SET received at ``POST /v1/sets`` are checked by :func:`validate_set_claims`
+(RFC 8417 members, event type URIs, pseudonymous subjects only) after the same secret scan, and
+indexed by :func:`set_lookup_keys`.
+
 Refusals raise :class:`EventError` with the problem slug (``forbidden-field`` or ``bad-event``),
 a detail that names the field and the rule but never the value, and the JSON pointer of the
 field (a key that itself looks like a secret is shown as ``[redacted]``).
@@ -89,7 +93,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final, TypeAlias
@@ -98,10 +102,18 @@ from client.tokens import is_token_ref
 from server.codec import Value
 
 __all__ = [
+    "AUTH_METHODS",
     "COMMON_FIELDS",
+    "CREDENTIAL_TYPES",
     "EVENT_TYPES",
+    "GRANT_TYPES",
     "MAX_CLOCK_SKEW",
+    "MAX_SET_EVENTS",
+    "MAX_TIME",
+    "SET_EVENT_PREFIX",
     "TOKEN_REF_FIELDS",
+    "TOKEN_TYPES",
+    "TOKEN_TYPE_URIS",
     "Boolean",
     "EventError",
     "EventType",
@@ -117,9 +129,12 @@ __all__ = [
     "event_lookup_keys",
     "is_secret_name",
     "secret_shape",
+    "set_lookup_keys",
     "subject_key",
+    "type_name",
     "type_uri",
     "validate_event",
+    "validate_set_claims",
 ]
 
 MAX_CLOCK_SKEW: Final = 300
@@ -1046,11 +1061,6 @@ def event_lookup_keys(event: Mapping[str, Value]) -> tuple[tuple[str, str], ...]
         if isinstance(ref, str):
             keys.append(("token_ref", ref))
     return tuple(keys)
-
-
-def lookup_kinds() -> Sequence[str]:
-    """Return the lookup kinds events are indexed by."""
-    return ("token_ref", "client_id", "subject", "type")
 
 
 # --- SET claims -------------------------------------------------------------------------------

@@ -34,10 +34,10 @@ Lookups (``GET /v1/lookup``)
     ``until`` (log time in POSIX milliseconds, canonical decimal, ``since <= t < until``),
     ``after`` (an index: results come after it, the cursor of the previous page) and ``limit``
     (1 to 1000, default 100). Answers ``{"results": [{"index", "leaf_hash", "log_time"}, ...],
-    "next": <cursor or null>}``; with read access each result also has ``entry`` and
-    ``event``. Token-reference lookups are answered to anyone (only a token's holders can
-    compute its reference) unless ``public_token_ref_lookup`` is off; the other kinds need read
-    access.
+    "next": <cursor or null>}``; with read access each result also has ``entry`` (the leaf
+    bytes, base64) and ``event`` (the decoded leaf, as ``GET /v1/entries/<index>`` shows it).
+    Token-reference lookups are answered to anyone (only a token's holders can compute its
+    reference) unless ``public_token_ref_lookup`` is off; the other kinds need read access.
 
 Read access
     Entry contents (``GET /v1/entries/<index>``, ``GET /tile/entries/...``, lookup contents)
