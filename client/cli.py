@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "client.commands.monitor",
     "client.commands.audit",
     "client.commands.evidence",
+    "client.commands.fsck",
 )
 """The modules that define ``etch`` subcommands, in the order ``etch --help`` lists them."""
 

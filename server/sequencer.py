@@ -205,16 +205,26 @@ async def verify_tiles(storage: Storage, checkpoint: Checkpoint, *, full: bool) 
 
 
 async def _verify_entries(storage: Storage, tile_index: int, data: bytes) -> None:
-    """Re-hash the stored entries under one level-0 tile's hashes. Raises IntegrityFailure."""
+    """Re-hash the stored entries under one level-0 tile's hashes and check the leaf-hash index.
+
+    Raises IntegrityFailure naming the first entry whose hash or index row does not match.
+    """
     start = tile_index * TILE_WIDTH
     width = len(data) // HASH_SIZE
     entries = await storage.read_entries(start, start + width)
     if len(entries) != width:
         raise IntegrityFailure(f"entries {start} to {start + width - 1} are not all stored")
-    for offset, entry in enumerate(entries):
-        if leaf_hash(entry) != data[offset * HASH_SIZE : (offset + 1) * HASH_SIZE]:
+    hashes = [leaf_hash(entry) for entry in entries]
+    for offset, value in enumerate(hashes):
+        if value != data[offset * HASH_SIZE : (offset + 1) * HASH_SIZE]:
             raise IntegrityFailure(
                 f"entry {start + offset} does not hash to its leaf hash in tile {(0, tile_index)}"
+            )
+    indexed = await storage.find_leaf_hashes(hashes)
+    for offset, value in enumerate(hashes):
+        if indexed.get(value) != start + offset:
+            raise IntegrityFailure(
+                f"the leaf-hash index does not map entry {start + offset}'s leaf hash to it"
             )
 
 
