@@ -199,6 +199,31 @@ async def test_concurrent_updates_across_instances(storage: WitnessStorage, plac
     assert sorted(a.result for a in results) == list(range(1, 21))
 
 
+async def test_a_failing_update_among_concurrent_ones(storage: WitnessStorage) -> None:
+    """Updates committed together (SQLite group commit) fail or succeed one by one."""
+
+    def grow(state: LogState) -> Decision[int]:
+        size = state.tree_size + 1
+        return Decision(size, checkpoint=checkpoint(size))
+
+    def fail(state: LogState) -> Decision[int]:
+        raise ValueError("this one fails")
+
+    def write_then_fail(state: LogState) -> Decision[int]:
+        return Decision(0, checkpoint=checkpoint(state.tree_size - 1 if state.tree_size else 0))
+
+    jobs = [grow] * 4 + [fail] + [grow] * 4 + [write_then_fail] + [grow] * 2
+    results = await asyncio.gather(
+        *(storage.update(ORIGIN, job) for job in jobs), return_exceptions=True
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) in (1, 2)  # write_then_fail only fails once the size is above 0
+    assert any(isinstance(f, ValueError) for f in failures)
+    latest = await storage.latest(ORIGIN)
+    assert latest is not None
+    assert latest.tree_size == 10
+
+
 # -- records ------------------------------------------------------------------------------
 
 
