@@ -128,6 +128,8 @@ __all__ = [
     "VerifiedEntry",
     "atomic_write",
     "event_matches",
+    "event_type_name",
+    "flatten_events",
     "parse_leaf_view",
     "policy_for_vkey",
     "read_policy",
@@ -474,8 +476,72 @@ def parse_leaf_view(entry: bytes) -> LeafView | None:
     return None
 
 
+def event_type_name(uri: str) -> str:
+    """Return the short name of an event type URI, as the log indexes it.
+
+    The log's own table (``server.events.type_name``) when it knows the URI, else the URI
+    itself, e.g. ``.../oauth/event-type/token-issued`` -> ``token-issued``.
+    """
+    from server.events import type_name
+
+    return type_name(uri) or uri
+
+
+def _set_subject(claims: Mapping[str, Any]) -> str | None:
+    sub_id = claims.get("sub_id")
+    subject = subject_key(sub_id)
+    if subject is None and isinstance(sub_id, dict):
+        subject = subject_key(sub_id.get("user"))
+    return subject if subject is not None else subject_key(claims.get("sub"))
+
+
+def flatten_events(leaf: LeafView) -> list[dict[str, Any]]:
+    """Return the flat events of a leaf: the event itself, or one per SET ``events`` member.
+
+    A flat event has a text ``type``. SET claims (``{"iat", "sub_id", "events": {URI: {...}}}``,
+    RFC 8417) give one event per URI, typed by :func:`event_type_name`, with the claims'
+    ``iat``, ``jti``, subject and ``client_id`` where the member lacks them. Anything else
+    gives no event.
+    """
+    event = dict(leaf.event)
+    if isinstance(event.get("type"), str):
+        return [event]
+    members = event.get("events")
+    if not isinstance(members, dict):
+        return []
+    subject = _set_subject(event)
+    flat = []
+    for uri, body in members.items():
+        if not isinstance(body, dict):
+            continue
+        item = {k: v for k, v in event.items() if k in ("iat", "jti", "client_id")}
+        if subject is not None:
+            item["sub"] = subject
+        item.update(body)
+        item["type"] = event_type_name(uri)
+        flat.append(item)
+    return flat
+
+
+def _found_deep(value: object, names: frozenset[str], wanted: str) -> bool:
+    """Tell whether a member named one of ``names`` holds ``wanted`` at any depth."""
+    if isinstance(value, dict):
+        return any(
+            (name in names and item == wanted) or _found_deep(item, names, wanted)
+            for name, item in value.items()
+        )
+    if isinstance(value, list):
+        return any(_found_deep(item, names, wanted) for item in value)
+    return False
+
+
 def event_matches(leaf: LeafView | None, query: LookupQuery) -> bool:
-    """Tell whether a decoded leaf is an answer to ``query`` (key and log-time range)."""
+    """Tell whether a decoded leaf is an answer to ``query`` (key and log-time range).
+
+    Mirrors how the log indexes leaves: an event's ``type``, ``client_id``, subject
+    (:func:`subject_key`) and token-reference members; for SET claims, each event's type, the
+    subject of ``sub_id`` (or ``sub``) and ``client_id`` / token references at any depth.
+    """
     if leaf is None:
         return False
     if query.since_ms is not None and leaf.log_time < query.since_ms:
@@ -483,6 +549,14 @@ def event_matches(leaf: LeafView | None, query: LookupQuery) -> bool:
     if query.until_ms is not None and leaf.log_time >= query.until_ms:
         return False
     event = leaf.event
+    if not isinstance(event.get("type"), str) and isinstance(event.get("events"), dict):
+        payloads = event["events"]
+        if query.kind == "type":
+            return any(event_type_name(uri) == query.value for uri in payloads)
+        if query.kind == "subject":
+            return _set_subject(event) == query.value
+        names = TOKEN_REF_FIELDS if query.kind == "token_ref" else frozenset({"client_id"})
+        return _found_deep(payloads, names, query.value)
     if query.kind == "token_ref":
         return any(event.get(name) == query.value for name in TOKEN_REF_FIELDS)
     if query.kind == "subject":

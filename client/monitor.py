@@ -69,6 +69,7 @@ from client.logclient import (
     LogClient,
     VerifiedCheckpoint,
     atomic_write,
+    flatten_events,
     parse_leaf_view,
     subject_key,
 )
@@ -157,33 +158,9 @@ class Alert:
         }
 
 
-def _type_from_uri(uri: str) -> str:
-    """Return the short name an event type URI ends with (``.../token-issued``)."""
-    return uri.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-
-
 def normalize_events(leaf: LeafView) -> list[dict[str, Any]]:
-    """Return the flat events of a leaf: the event itself, or one per SET ``events`` member.
-
-    A flat event has a text ``type``. A SET payload (``{"iat", "events": {URI: {...}}}``) gives
-    one event per URI, typed by the URI's last segment, with the payload's ``iat``, ``sub``
-    and ``client_id`` when the member lacks them. Anything else gives no event.
-    """
-    event = dict(leaf.event)
-    if isinstance(event.get("type"), str):
-        return [event]
-    members = event.get("events")
-    if not isinstance(members, dict):
-        return []
-    flat = []
-    for uri, body in members.items():
-        if not isinstance(body, dict):
-            continue
-        item = {k: v for k, v in event.items() if k in ("iat", "sub", "client_id", "jti")}
-        item.update(body)
-        item["type"] = _type_from_uri(uri)
-        flat.append(item)
-    return flat
+    """Return the flat events of a leaf (see :func:`client.logclient.flatten_events`)."""
+    return flatten_events(leaf)
 
 
 def _text(event: Mapping[str, Any], name: str) -> str | None:

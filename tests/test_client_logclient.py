@@ -466,3 +466,51 @@ async def test_quorum_short_by_one(switch: Switch, log: TamperingLog, tmp_path: 
         update = await client.update()
     assert update.current.tree_size == 610
     assert [c.name for c in update.current.cosigners] == ["w0"]
+
+
+# -- how entries are read --------------------------------------------------------------------------
+
+
+def test_the_client_reads_events_as_the_log_indexes_them() -> None:
+    from client.logclient import TOKEN_REF_FIELDS, LeafView, event_matches, subject_key
+    from server import events as server_events
+
+    assert server_events.TOKEN_REF_FIELDS == TOKEN_REF_FIELDS
+    for subject in ("p-1", {"format": "opaque", "id": "x"}, {"format": "iss_sub", "sub": "y"}, 5):
+        assert subject_key(subject) == server_events.subject_key(subject)  # type: ignore[arg-type]
+    claims = {
+        "iss": "https://as.example",
+        "jti": "s1",
+        "iat": 1_767_225_600,
+        "sub_id": {"format": "opaque", "id": "p-9"},
+        "events": {
+            "https://schemas.openid.net/secevent/caep/event-type/session-established": {},
+            "https://schemas.openid.net/secevent/oauth/event-type/token-revoked": {
+                "client": {"client_id": "app"},
+                "token_ref": REF,
+            },
+        },
+    }
+    leaf = LeafView("as", claims, 1_767_225_600_000, set_jws="h.p.s")
+    assert server_events.set_lookup_keys(claims) == (  # type: ignore[arg-type]
+        ("type", "login-succeeded"),
+        ("type", "token-revoked"),
+        ("subject", "p-9"),
+        ("client_id", "app"),
+        ("token_ref", REF),
+    )
+    for kind, value in server_events.set_lookup_keys(claims):  # type: ignore[arg-type]
+        assert event_matches(leaf, LookupQuery(kind, value))
+    assert not event_matches(leaf, LookupQuery("type", "token-issued"))
+    assert not event_matches(leaf, LookupQuery("client_id", "other"))
+    assert not event_matches(leaf, LookupQuery("subject", "p-1"))
+
+
+async def test_a_receipt_whose_index_is_beyond_its_tree_is_refused(
+    switch: Switch, log: TamperingLog, tmp_path: Path
+) -> None:
+    async with client_for(switch, tmp_path) as client:
+        entry = await client.receipt(599)
+    text = entry.receipt().replace(b"index 599\n", b"index 600\n")
+    with pytest.raises(ReceiptVerificationError, match="not below the tree size"):
+        verify_receipt_file(text, parse_policy(log.policy()))
