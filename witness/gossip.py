@@ -17,8 +17,9 @@ log-signed checkpoint and the witness's latest:
 * same size, same root: consistent; same size, other root: ``same-size`` evidence;
 * different sizes: a consistency proof from the smaller to the larger, built from the log's
   tiles, must verify; if it fails, ``proof-failed`` evidence; if the log answers that it does
-  not have the tiles (404 after the full-tile fallback, or malformed tiles),
-  ``proof-unobtainable`` evidence;
+  not have the tiles (404 after the full-tile fallback, or malformed tiles) on two attempts in
+  a row (:data:`UNOBTAINABLE_STRIKES`; one miss can be a log publishing its checkpoint a moment
+  before its tiles), ``proof-unobtainable`` evidence;
 * transport failures (timeouts, refused connections, 429, 5xx) prove nothing: the answer is
   "unknown" and the next round tries again. An unreachable log is an outage, not a fork, and
   recording it would let any network fault disable a witness;

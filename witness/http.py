@@ -137,7 +137,7 @@ def _components(request: Request) -> Components:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"request body is larger than {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
