@@ -409,3 +409,17 @@ def test_evidence_verify_refuses_what_does_not_hold(etch: Etch, log: TamperingLo
     assert etch("evidence", "verify", str(path), "--vkey", "junk").status == 2
     path.write_text("{}")
     assert etch("evidence", "verify", str(path), "--vkey", log.vkey).status == 1
+
+
+def test_cli_audit_finds_a_modified_entry_and_resumes_after_repair(
+    etch: Etch, log: TamperingLog, tmp_path: Path
+) -> None:
+    state = tmp_path / "audit.json"
+    log.entry_overrides[3] = b"forged"
+    run = etch("audit", "--state", str(state), "--json")
+    _misbehaviour(etch, run, "entry-mismatch")
+    assert run.json()["error"] == "EntryMismatchError"
+    del log.entry_overrides[3]
+    again = etch("audit", "--state", str(state), "--json")
+    assert again.status == 0, again.err
+    assert again.json()["entries"] == log.size

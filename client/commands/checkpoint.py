@@ -91,7 +91,7 @@ def _print(client: LogClient, update: Update, args: argparse.Namespace) -> None:
         f"log        {current.origin} at {client.url}",
         f"tree size  {current.tree_size}",
         f"root hash  {current.root_hash.hex()}",
-        f"signed by  {client.log_vkey(current.origin).split('+')[0]} (log key verified)",
+        f"signed by  {'+'.join(client.log_vkey(current.origin).split('+')[:2])} (the log's key)",
         f"cosigned   {cosigner_text(current, client.policy)}",
         f"trusted    {trust}",
     ]
