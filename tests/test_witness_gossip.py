@@ -39,7 +39,7 @@ from witness.storage import WitnessStorage, open_storage
 
 pytestmark = pytest.mark.anyio
 
-POLL = 0.4
+POLL = 1.0
 
 
 @dataclass
