@@ -693,25 +693,6 @@ class StateStore:
         except OSError as exc:
             raise StateError(f"cannot write trusted state for {state.origin}: {exc}") from None
 
-    def find_by_url(self, url: str) -> TrustedState | None:
-        """Return the state of the log last seen at ``url``, if exactly one state names it.
-
-        Raises StateError if a state file is malformed.
-        """
-        url = url.rstrip("/")
-        found: list[TrustedState] = []
-        if not self.logs_dir.is_dir():
-            return None
-        for path in sorted(self.logs_dir.glob("*.json")):
-            try:
-                data = path.read_bytes()[: MAX_STATE_BYTES + 1]
-            except OSError as exc:
-                raise StateError(f"cannot read trusted state {path}: {exc}") from None
-            state = _parse_state(data, path)
-            if url in state.log_urls:
-                found.append(state)
-        return found[0] if len(found) == 1 else None
-
     @contextlib.asynccontextmanager
     async def locked(self, origin: str, wait: float = 30.0) -> AsyncIterator[None]:
         """Hold the exclusive lock of ``origin``'s state (polling, never blocking the loop).
@@ -1093,8 +1074,9 @@ class LogClient:
     checkpoint trusted; ``state_dir`` holds the trusted states (``None``: memory only, for one
     process); ``evidence_dir`` receives evidence files (default ``<state_dir>/evidence``);
     ``credential`` is a bearer credential sent to the log (readers, submitters); ``http`` an
-    existing client to use (``transport`` tests pass an ASGI one); ``compress`` asks for gzip
-    bodies (worth it over a network, not on loopback).
+    existing client to use as it is (its headers are not changed: it carries any credential
+    itself); ``transport`` a transport for the client made here (tests pass an ASGI one);
+    ``compress`` asks for gzip bodies (worth it over a network, not on loopback).
     """
 
     def __init__(
@@ -1160,8 +1142,6 @@ class LogClient:
             timeout=timeout,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
-        if http is not None:
-            self.http.headers.update(headers)
         self.tiles = TlogTilesClient(
             self.url, self.http, timeout=timeout, concurrency=concurrency, cache_tiles=512
         )
