@@ -1,0 +1,802 @@
+"""Etch as several processes around one PostgreSQL: front ends, one elected sequencer.
+
+Every process of a cluster is a front end: it authenticates and validates a submission where
+the request arrives (the app's intake), then hands the prepared :class:`Submission` to the
+sequencer through the table ``etch_pending`` of the log's database and waits for the answer.
+Exactly one process at a time also sequences: the one holding the log's PostgreSQL advisory
+lock.
+
+::
+
+    front end                         PostgreSQL                          elected sequencer
+    ---------                         ----------                          -----------------
+    INSERT etch_pending, NOTIFY p ──► etch_pending (id order) ──────────► feeder: rows by id
+                                                                            Sequencer.submit
+                                      state/tiles/entries  ◄── one commit ── (CAS on checkpoint)
+    DELETE ... RETURNING index   ◄──  etch_pending.leaf_index ◄── UPDATE, NOTIFY c
+    receipt from stored tiles
+    against the stored checkpoint
+
+Front end (:class:`ClusterLog.submit`)
+    Concurrent submissions of one process are coalesced into one ``INSERT`` (one round trip for
+    all of them) that also ``NOTIFY``s the pending channel. The process ``LISTEN``s on the commit
+    channel; on each notification (and at the latest every second, so a lost notification costs
+    a second, never a hang) it claims its answered rows with one ``DELETE ... RETURNING``, reads
+    the stored checkpoint and the tiles its proofs need, and answers each submitter with an
+    inclusion proof against that checkpoint (the state row and the tiles it covers are written in
+    one transaction, so they always agree).
+
+Election (:class:`ClusterLog`, ``sequence=True``)
+    Every half second a process that does not sequence tries ``pg_try_advisory_lock`` on a
+    dedicated connection (named ``etch-sequencer pid=<pid>`` in ``pg_stat_activity``). The
+    holder starts a :class:`server.sequencer.Sequencer`, which loads and re-verifies the stored
+    state before it signs anything (ARCHITECTURE.md invariant 3), and a feeder that pulls pending
+    rows in id order, submits them, records each row's index, and notifies the commit channel.
+    When the lock connection is lost (its termination, or a failed liveness query) the sequencer
+    is stopped at once; when the sequencer stops for good (e.g. it lost the checkpoint
+    compare-and-swap to another writer) the process gives the lock up and competes again.
+
+Why this is safe
+    PostgreSQL releases the advisory lock when the holder's session ends (``kill -9``, lost
+    network), and another process takes over within about a second. Even if two processes ever
+    sequenced at once (a holder that lost its lock connection but not yet its pool), the
+    checkpoint compare-and-swap of :meth:`server.storage.base.Storage.commit` lets exactly one
+    of them commit each tree size; the other gets ``CheckpointConflict`` and stops. A crash
+    between the log commit and the ``UPDATE`` of the pending rows is harmless: the next
+    sequencer submits those rows again and deduplication answers with the original indexes
+    (flagged ``duplicate``). A front end that dies leaves answered rows behind; the sequencer
+    deletes rows answered more than five minutes ago.
+
+Reads
+    The checkpoint a front end serves, and the tree size that bounds its tile and proof reads,
+    are those of the *read* storage's own state row (a streaming replica's with
+    :mod:`server.replica`), so it never serves a checkpoint whose tiles it cannot serve yet.
+    Receipts of submissions are built from the primary (the entry may not have reached a
+    replica yet), so their tree size may briefly be ahead of the served checkpoint.
+
+Several logs may share one database in separate schemas (``search_path`` in the URL): the
+table is per schema, the lock key and the channel names are derived from the origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+
+from merkle.checkpoint import open_checkpoint
+from merkle.errors import MerkleError
+from merkle.note import Ed25519Signer
+from merkle.tree import Node, build_inclusion_proof, inclusion_nodes
+from server.log import LogService
+from server.sequencer import (
+    IntegrityFailure,
+    MonotonicClock,
+    Sequenced,
+    Sequencer,
+    SequencerStopped,
+    Submission,
+)
+from server.storage.base import LogState, Storage, StorageError, StorageUnavailable, encode_key
+from server.treeview import ExpandedTile, TreeReader, hashes_for_nodes, tiles_for_nodes
+
+__all__ = [
+    "LEADER_APPLICATION_NAME",
+    "ClusterLog",
+    "ClusterNames",
+    "cluster_names",
+    "decode_lookup_keys",
+    "encode_lookup_keys",
+    "ensure_pending_table",
+]
+
+log = logging.getLogger(__name__)
+
+LEADER_APPLICATION_NAME: Final = "etch-sequencer pid="
+"""Prefix of the ``application_name`` of every election connection (then the OS process id)."""
+
+_SCHEMA_LOCK: Final = 0x4554_4348_0000_0002
+"""Advisory lock held while ``etch_pending`` is created ("ETCH", 2)."""
+
+_CREATE_PENDING: Final = (
+    """CREATE TABLE IF NOT EXISTS etch_pending (
+        id bigserial PRIMARY KEY,
+        data bytea NOT NULL,
+        leaf_hash bytea NOT NULL CHECK (length(leaf_hash) = 32),
+        idempotency_key bytea,
+        lookup_keys bytea NOT NULL,
+        log_time bigint NOT NULL,
+        leaf_index bigint,
+        duplicate boolean,
+        done_at timestamptz
+    )""",
+    "CREATE INDEX IF NOT EXISTS etch_pending_todo ON etch_pending (id) WHERE leaf_index IS NULL",
+)
+
+_ENQUEUE: Final = """
+    WITH added AS (
+        INSERT INTO etch_pending (data, leaf_hash, idempotency_key, lookup_keys, log_time)
+        SELECT d, h, k, l, t
+        FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[])
+             WITH ORDINALITY AS u (d, h, k, l, t, n)
+        ORDER BY n
+        RETURNING id
+    )
+    SELECT (SELECT array_agg(id ORDER BY id) FROM added) AS ids, pg_notify($6, '') AS notified
+"""
+"""Insert a run of submissions in order and wake the sequencer; ids ascend in input order."""
+
+_CLAIM: Final = """
+    DELETE FROM etch_pending WHERE id = ANY($1::bigint[]) AND leaf_index IS NOT NULL
+    RETURNING id, leaf_index, duplicate
+"""
+
+_FETCH_TODO: Final = """
+    SELECT id, data, leaf_hash, idempotency_key, lookup_keys, log_time FROM etch_pending
+    WHERE leaf_index IS NULL AND NOT (id = ANY($1::bigint[]))
+    ORDER BY id LIMIT $2
+"""
+
+_MARK_DONE: Final = """
+    WITH done AS (
+        UPDATE etch_pending AS p SET leaf_index = u.i, duplicate = u.d, done_at = now()
+        FROM unnest($1::bigint[], $2::bigint[], $3::boolean[]) AS u (id, i, d)
+        WHERE p.id = u.id AND p.leaf_index IS NULL
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM done) AS marked, pg_notify($4, $5) AS notified
+"""
+
+_SWEEP: Final = (
+    "DELETE FROM etch_pending WHERE done_at IS NOT NULL AND done_at < now() - interval '5 minutes'"
+)
+
+_DB_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+"""What talking to PostgreSQL may raise; the loops below log it and try again."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNames:
+    """The PostgreSQL names of one log's cluster: advisory lock key and notification channels.
+
+    Derived from the origin (:func:`cluster_names`), so processes of one log agree without
+    configuration and two logs in one database never share a lock or a channel.
+    """
+
+    lock_key: int
+    pending_channel: str
+    commit_channel: str
+
+
+def cluster_names(origin: str) -> ClusterNames:
+    """Return the lock key and channels of the log ``origin``.
+
+    ``lock_key`` is the first 8 bytes of SHA-256("etch/cluster/v1" || 0x00 || origin) as a
+    signed 64-bit integer (``pg_try_advisory_lock(bigint)``); the channels are ``etch_p_<hex>``
+    and ``etch_c_<hex>`` with the next 6 bytes in hex (valid unquoted identifiers).
+    """
+    digest = hashlib.sha256(b"etch/cluster/v1\x00" + origin.encode("utf-8")).digest()
+    tag = digest[8:14].hex()
+    return ClusterNames(
+        lock_key=int.from_bytes(digest[:8], "big", signed=True),
+        pending_channel=f"etch_p_{tag}",
+        commit_channel=f"etch_c_{tag}",
+    )
+
+
+def encode_lookup_keys(keys: Sequence[tuple[str, str]]) -> bytes:
+    """Return lookup keys as the bytes stored in ``etch_pending``: ASCII JSON ``[[kind, value]]``.
+
+    Example: ``(("client_id", "c1"),)`` -> ``b'[["client_id","c1"]]'``. Any string, NUL and
+    lone surrogates included, round-trips through :func:`decode_lookup_keys`.
+    """
+    return json.dumps([[kind, value] for kind, value in keys], separators=(",", ":")).encode(
+        "ascii"
+    )
+
+
+def decode_lookup_keys(data: bytes) -> tuple[tuple[str, str], ...]:
+    """Return the lookup keys stored by :func:`encode_lookup_keys`.
+
+    Raises ValueError if ``data`` is not a JSON array of two-string arrays.
+    """
+    value = json.loads(data.decode("ascii"))
+    if not isinstance(value, list):
+        raise ValueError("lookup keys are not a JSON array")
+    out: list[tuple[str, str]] = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(part, str) for part in item)
+        ):
+            raise ValueError("a lookup key is not a pair of strings")
+        out.append((item[0], item[1]))
+    return tuple(out)
+
+
+async def ensure_pending_table(conn: Any) -> None:
+    """Create ``etch_pending`` and its index if missing, under an advisory lock (many starters).
+
+    Raises asyncpg errors (the caller maps them).
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+        for statement in _CREATE_PENDING:
+            await conn.execute(statement)
+
+
+def _map_db_error(exc: BaseException) -> StorageError:
+    """Return the storage error a submitter sees for a failure of the pending queue."""
+    return StorageUnavailable(f"PostgreSQL unavailable ({type(exc).__name__})")
+
+
+@dataclass(slots=True)
+class _Enqueue:
+    submissions: Sequence[Submission]
+    ids: asyncio.Future[list[int]]
+
+
+class _Leadership:
+    """What the elected process runs: its sequencer and the feeder that fills it."""
+
+    def __init__(self, owner: ClusterLog) -> None:
+        self.owner = owner
+        self.sequencer = Sequencer(
+            owner.primary,
+            owner.signer,
+            owner.origin,
+            batch_size=owner.batch_size,
+            batch_period=owner.batch_period,
+            clock=owner.sequencer.clock,
+            full_check=owner.full_check,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[int] = set()
+        self._slots = asyncio.Semaphore(4)
+        self._batches: set[asyncio.Task[None]] = set()
+        self.started = time.monotonic()
+
+    async def start(self) -> None:
+        """Load and verify the stored log, then feed it. Raises IntegrityFailure, StorageError."""
+        await self.sequencer.start()
+        self._task = asyncio.create_task(self._feed(), name=f"feeder {self.owner.origin}")
+
+    async def stop(self) -> None:
+        """Stop feeding and sequencing at once (pending rows stay for the next sequencer)."""
+        tasks = [t for t in (self._task, *self._batches) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.sequencer.stop()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the sequencer stopped for good, else ``None``."""
+        return self.sequencer.failure
+
+    async def _feed(self) -> None:
+        owner = self.owner
+        last_sweep = 0.0
+        while True:
+            owner.pending_event.clear()
+            try:
+                rows = await owner.pool.fetch(_FETCH_TODO, list(self._inflight), owner.batch_size)
+                if time.monotonic() - last_sweep > 10.0:
+                    last_sweep = time.monotonic()
+                    await owner.pool.execute(_SWEEP)
+            except _DB_ERRORS as exc:
+                log.warning("the feeder cannot read pending entries: %s", type(exc).__name__)
+                await asyncio.sleep(0.2)
+                continue
+            if not rows:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(owner.pending_event.wait(), 1.0)
+                continue
+            await self._slots.acquire()
+            ids = [int(r["id"]) for r in rows]
+            self._inflight.update(ids)
+            task = asyncio.create_task(self._sequence(ids, rows))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _sequence(self, ids: list[int], rows: Sequence[Any]) -> None:
+        """Sequence one run of pending rows and record where each landed."""
+        owner = self.owner
+        try:
+            submissions = [
+                Submission(
+                    data=bytes(r["data"]),
+                    leaf_hash=bytes(r["leaf_hash"]),
+                    idempotency_key=None
+                    if r["idempotency_key"] is None
+                    else bytes(r["idempotency_key"]).decode("utf-8"),
+                    lookup_keys=decode_lookup_keys(bytes(r["lookup_keys"])),
+                    log_time=int(r["log_time"]),
+                )
+                for r in rows
+            ]
+            results = await self.sequencer.submit(submissions)
+            size = max(r.tree_size for r in results)
+            for attempt in range(50):
+                try:
+                    await owner.pool.fetchrow(
+                        _MARK_DONE,
+                        ids,
+                        [r.index for r in results],
+                        [r.duplicate for r in results],
+                        owner.names.commit_channel,
+                        str(size),
+                    )
+                    break
+                except _DB_ERRORS as exc:
+                    log.warning("cannot record sequenced entries (%s)", type(exc).__name__)
+                    await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
+        except (SequencerStopped, StorageError, ValueError, UnicodeDecodeError) as exc:
+            log.warning("a run of %d pending entries was not sequenced: %s", len(ids), exc)
+            await asyncio.sleep(0.1)
+        finally:
+            self._inflight.difference_update(ids)
+            self._slots.release()
+
+
+class ClusterLog(LogService):
+    """A log served by one process of a cluster (see the module docstring).
+
+    ``storage`` is the primary's :class:`server.storage.postgres.PostgresStorage` (the sequencer
+    commits there), ``dsn`` its URL (the pending queue, notifications and the election use their
+    own connections). ``read_storage`` answers reads (tiles, proofs, entries, lookups and the
+    served checkpoint); it defaults to ``storage`` and is typically a
+    :class:`server.replica.ReplicaRoutedStorage`. With ``sequence=False`` the process never
+    sequences (a pure front end). ``full_check`` is the sequencer's start-up check on every
+    takeover (default: the right edge and compact range only, so a takeover stays fast on a
+    large log; ``etch fsck`` does the full check). ``wait_timeout`` bounds how long a submitter
+    waits for its entry (then 503, and a retry finds the original index).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        signer: Ed25519Signer,
+        origin: str,
+        *,
+        dsn: str,
+        read_storage: Storage | None = None,
+        batch_size: int = 1000,
+        batch_period: float = 0.025,
+        clock: MonotonicClock | None = None,
+        full_check: bool = False,
+        witnessed: bool = False,
+        sequence: bool = True,
+        wait_timeout: float = 30.0,
+        lease_interval: float = 0.5,
+    ) -> None:
+        super().__init__(
+            storage,
+            signer,
+            origin,
+            batch_size=batch_size,
+            batch_period=batch_period,
+            clock=clock,
+            full_check=full_check,
+            witnessed=witnessed,
+        )
+        self.primary = storage
+        self.storage = read_storage or storage
+        self.reader = TreeReader(self.storage)
+        self.names = cluster_names(origin)
+        self.batch_size = batch_size
+        self.batch_period = batch_period
+        self.full_check = full_check
+        self.sequence = sequence
+        self.wait_timeout = wait_timeout
+        self.lease_interval = lease_interval
+        self._dsn = dsn
+        self._primary_reader = TreeReader(storage)
+        self._pool: Any = None
+        self._listener: Any = None
+        self._lock_conn: Any = None
+        self._leadership: _Leadership | None = None
+        self.pending_event = asyncio.Event()
+        self._commit_event = asyncio.Event()
+        self._view_event = asyncio.Event()
+        self._waiting: dict[int, asyncio.Future[tuple[int, bool]]] = {}
+        self._buffer: list[_Enqueue] = []
+        self._flushing = False
+        self._flush_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._view: LogState | None = None
+        self._latest: LogState | None = None
+        self._notified_size = 0
+        self._last_failure: str | None = None
+        self.takeovers = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> Any:
+        """The cluster's own connection pool (pending queue). Requires a started log."""
+        if self._pool is None:
+            raise StorageError("the cluster log is not running")
+        return self._pool
+
+    async def start(self) -> None:
+        """Open storage, create the pending table, listen, read the served state, join the election.
+
+        Raises StorageError (StorageUnavailable when PostgreSQL cannot be reached).
+        """
+        await self.primary.open()
+        if self.storage is not self.primary:
+            await self._open_read_storage()
+        try:
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4)
+            async with self._pool.acquire() as conn:
+                await ensure_pending_table(conn)
+        except _DB_ERRORS as exc:
+            raise _map_db_error(exc) from exc
+        await self._connect_listener()
+        await self._refresh_view()
+        loops = [self._listen_loop(), self._resolve_loop(), self._view_loop()]
+        if self.sequence:
+            loops.append(self._elect_loop())
+        self._tasks = [asyncio.create_task(coro) for coro in loops]
+
+    async def _open_read_storage(self, within: float = 30.0) -> None:
+        """Open the read storage, waiting while a new replica has not replayed the schema yet.
+
+        Raises StorageUnavailable after ``within`` seconds, StorageError at once otherwise.
+        """
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                await self.storage.open()
+                return
+            except StorageUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        """Leave the election, stop every loop, close connections and storage."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        await self._step_down("shutting down")
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(SequencerStopped("the log is shutting down", retry_after=1))
+        self._waiting.clear()
+        for conn in (self._listener, self._lock_conn):
+            if conn is not None:
+                conn.terminate()
+        self._listener = self._lock_conn = None
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+        if self.storage is not self.primary:
+            await self.storage.close()
+        await self.primary.close()
+
+    # -- served state ------------------------------------------------------------------------
+
+    @property
+    def is_sequencer(self) -> bool:
+        """Whether this process holds the sequencer role now."""
+        return self._leadership is not None
+
+    @property
+    def tree_size(self) -> int:
+        """The tree size of the read storage's state row: its tiles and entries are readable."""
+        return self._view.tree_size if self._view else 0
+
+    @property
+    def latest(self) -> tuple[bytes, int] | None:
+        """The newest committed checkpoint this process has seen (from the primary) and its size."""
+        state = self._latest or self._view
+        return None if state is None else (state.checkpoint, state.tree_size)
+
+    @property
+    def healthy(self) -> tuple[bool, str]:
+        """Whether this front end can serve: it has a verified view of the log."""
+        if self._view is None:
+            return False, "no checkpoint yet (waiting for a sequencer)"
+        if self.collector is not None and self.collector.ahead:
+            ahead = ", ".join(f"{n} at {s}" for n, s in sorted(self.collector.ahead.items()))
+            return False, f"witnesses have seen a larger tree than this log's ({ahead})"
+        return True, "ok"
+
+    async def _refresh_view(self) -> None:
+        """Read the served state from the read storage; publish it if it is newer and verifies."""
+        state = await self.storage.load_state()
+        if state is None:
+            return
+        current = self._view
+        if current is not None and state.tree_size <= current.tree_size:
+            return
+        try:
+            open_checkpoint(state.checkpoint, self._verifier)
+        except MerkleError as exc:
+            log.error("the stored checkpoint does not verify; not serving it: %s", exc)
+            return
+        self._view = state
+        if self._latest is None or self._latest.tree_size < state.tree_size:
+            self._latest = state
+        self.metrics.tree_size.set(state.tree_size)
+        published = state.checkpoint
+        if self.witnessed:
+            cosigned = await self.storage.latest_cosigned_checkpoint()
+            if cosigned is None:
+                self._changed.set()
+                self._changed = asyncio.Event()
+                return
+            published = cosigned
+        self._set_published(published)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _view_loop(self) -> None:
+        """Follow the log: re-read the served state after each commit, and every second."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._view_event.wait(), 1.0)
+            self._view_event.clear()
+            try:
+                await self._refresh_view()
+            except (StorageError, *_DB_ERRORS) as exc:
+                log.debug("cannot refresh the served checkpoint: %s", type(exc).__name__)
+                await asyncio.sleep(0.2)
+                continue
+            if self._view is not None and self._view.tree_size < self._notified_size:
+                await asyncio.sleep(0.02)  # a replica behind the primary: look again soon
+                self._view_event.set()
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if channel == self.names.commit_channel:
+            if payload.isdigit():
+                self._notified_size = max(self._notified_size, int(payload))
+            self._commit_event.set()
+            self._view_event.set()
+        elif channel == self.names.pending_channel:
+            self.pending_event.set()
+
+    async def _connect_listener(self) -> None:
+        try:
+            conn = await asyncpg.connect(self._dsn)
+            await conn.add_listener(self.names.commit_channel, self._on_notify)
+            await conn.add_listener(self.names.pending_channel, self._on_notify)
+        except _DB_ERRORS as exc:
+            raise _map_db_error(exc) from exc
+        self._listener = conn
+
+    async def _listen_loop(self) -> None:
+        """Keep the LISTEN connection alive; reconnect when it is lost (others poll meanwhile)."""
+        while True:
+            await asyncio.sleep(1.0)
+            conn = self._listener
+            if conn is not None and not conn.is_closed():
+                continue
+            self._listener = None
+            with contextlib.suppress(StorageError):
+                await self._connect_listener()
+                self._commit_event.set()
+                self._view_event.set()
+                self.pending_event.set()
+
+    # -- election ------------------------------------------------------------------------------
+
+    async def _elect_loop(self) -> None:
+        while True:
+            try:
+                if self._leadership is None:
+                    await self._try_lead()
+                else:
+                    await self._check_lead()
+            except _DB_ERRORS as exc:
+                await self._step_down(f"lost the lock connection ({type(exc).__name__})")
+            except Exception as exc:  # a bug must not leave a sequencer without its lock check
+                log.exception("unexpected error in the sequencer election")
+                await self._step_down(f"election error ({type(exc).__name__})")
+            await asyncio.sleep(self.lease_interval)
+
+    async def _try_lead(self) -> None:
+        conn = self._lock_conn
+        if conn is None or conn.is_closed():
+            conn = await asyncpg.connect(
+                self._dsn,
+                server_settings={"application_name": f"{LEADER_APPLICATION_NAME}{os.getpid()}"},
+            )
+            conn.add_termination_listener(self._on_lock_lost)
+            self._lock_conn = conn
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.names.lock_key):
+            return
+        leadership = _Leadership(self)
+        try:
+            await leadership.start()
+        except (IntegrityFailure, StorageError) as exc:
+            self._last_failure = str(exc)
+            log.error("this process holds the sequencer lock but cannot sequence: %s", exc)
+            await leadership.stop()
+            await conn.fetchval("SELECT pg_advisory_unlock($1)", self.names.lock_key)
+            await asyncio.sleep(2.0)
+            return
+        self._leadership = leadership
+        self.takeovers += 1
+        log.info("this process (pid %d) now sequences %s", os.getpid(), self.origin)
+
+    async def _check_lead(self) -> None:
+        leadership = self._leadership
+        assert leadership is not None
+        if leadership.failure is not None:
+            await self._step_down(leadership.failure)
+            return
+        conn = self._lock_conn
+        if conn is None or conn.is_closed():
+            await self._step_down("the lock connection is closed")
+            return
+        await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=max(2.0, self.lease_interval))
+
+    def _on_lock_lost(self, conn: Any) -> None:
+        """Termination listener of the lock connection: stop sequencing at once."""
+        if self._leadership is not None and conn is self._lock_conn:
+            asyncio.get_running_loop().create_task(self._step_down("the lock connection ended"))
+
+    async def _step_down(self, reason: str) -> None:
+        leadership, self._leadership = self._leadership, None
+        conn, self._lock_conn = self._lock_conn, None
+        if conn is not None:
+            conn.terminate()  # ends the session: PostgreSQL releases the lock
+        if leadership is None:
+            return
+        self._last_failure = reason
+        log.warning("this process stops sequencing: %s", reason)
+        await leadership.stop()
+
+    # -- submissions ---------------------------------------------------------------------------
+
+    async def submit(self, submissions: Sequence[Submission]) -> list[Sequenced]:
+        """Enqueue submissions for the sequencer and wait until each is committed.
+
+        Results are in the same order, each with an inclusion proof against the stored
+        checkpoint read after its commit. Raises SequencerStopped (503, retry) when no sequencer
+        answers within ``wait_timeout``, StorageError when PostgreSQL cannot take the entries.
+        """
+        if not submissions:
+            return []
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        ids_future: asyncio.Future[list[int]] = loop.create_future()
+        self._buffer.append(_Enqueue(submissions, ids_future))
+        if not self._flushing:
+            self._flushing = True
+            self._flush_task = loop.create_task(self._flush())
+        ids = await ids_future
+        futures = [loop.create_future() for _ in ids]
+        for pending_id, future in zip(ids, futures, strict=True):
+            self._waiting[pending_id] = future
+        self._commit_event.set()  # answered by a sequencer that ran between insert and here
+        try:
+            async with asyncio.timeout(self.wait_timeout):
+                answers = await asyncio.gather(*futures)
+        except TimeoutError:
+            raise SequencerStopped(
+                "no sequencer answered in time; resubmit to get the entry's index",
+                retry_after=1,
+            ) from None
+        finally:
+            for pending_id in ids:
+                self._waiting.pop(pending_id, None)
+        results = await self._receipts(answers)
+        new = sum(1 for r in results if not r.duplicate)
+        if new:
+            self.metrics.submissions.labels("new").inc(new)
+        if len(results) - new:
+            self.metrics.submissions.labels("duplicate").inc(len(results) - new)
+        self.metrics.sequencing_latency.observe(time.perf_counter() - start)
+        return results
+
+    async def _flush(self) -> None:
+        """Insert every buffered run of submissions, one statement per round trip."""
+        try:
+            while self._buffer:
+                runs, self._buffer = self._buffer, []
+                flat = [s for run in runs for s in run.submissions]
+                try:
+                    keys = [
+                        None if s.idempotency_key is None else encode_key(s.idempotency_key)
+                        for s in flat
+                    ]
+                    row = await self.pool.fetchrow(
+                        _ENQUEUE,
+                        [s.data for s in flat],
+                        [s.leaf_hash for s in flat],
+                        keys,
+                        [encode_lookup_keys(s.lookup_keys) for s in flat],
+                        [s.log_time for s in flat],
+                        self.names.pending_channel,
+                    )
+                except (StorageError, *_DB_ERRORS) as exc:
+                    error = exc if isinstance(exc, StorageError) else _map_db_error(exc)
+                    for run in runs:
+                        if not run.ids.done():
+                            run.ids.set_exception(error)
+                    continue
+                ids = [int(i) for i in row["ids"]]
+                offset = 0
+                for run in runs:
+                    count = len(run.submissions)
+                    if not run.ids.done():
+                        run.ids.set_result(ids[offset : offset + count])
+                    offset += count
+        finally:
+            self._flushing = False
+
+    async def _resolve_loop(self) -> None:
+        """Claim answered rows after each commit notification (and every second while waiting)."""
+        while True:
+            if self._waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._commit_event.wait(), 1.0)
+            else:
+                await self._commit_event.wait()
+            self._commit_event.clear()
+            if not self._waiting:
+                continue
+            try:
+                rows = await self.pool.fetch(_CLAIM, list(self._waiting))
+            except (StorageError, *_DB_ERRORS) as exc:
+                log.debug("cannot claim answered entries: %s", type(exc).__name__)
+                await asyncio.sleep(0.2)
+                continue
+            for row in rows:
+                future = self._waiting.pop(int(row["id"]), None)
+                if future is not None and not future.done():
+                    future.set_result((int(row["leaf_index"]), bool(row["duplicate"])))
+
+    async def _receipts(self, answers: Sequence[tuple[int, bool]]) -> list[Sequenced]:
+        """Return each answer with an inclusion proof from the primary's tiles and checkpoint.
+
+        Raises StorageError, or SequencerStopped if the stored tree does not hold an index yet.
+        """
+        state = await self.primary.load_state()
+        if state is None or any(index >= state.tree_size for index, _ in answers):
+            raise SequencerStopped("the committed entry is not readable yet", retry_after=1)
+        if self._latest is None or self._latest.tree_size < state.tree_size:
+            self._latest = state
+        size = state.tree_size
+        wanted = [[Node(0, index), *inclusion_nodes(index, size)] for index, _ in answers]
+        keys = tiles_for_nodes(node for nodes in wanted for node in nodes)
+        tiles = await self._primary_reader.expanded_tiles(keys)
+
+        def expanded(key: tuple[int, int]) -> ExpandedTile:
+            rows = tiles.get(key)
+            if rows is None:
+                raise LookupError(f"tile {key} is not stored")
+            return rows
+
+        results = []
+        try:
+            for (index, duplicate), nodes in zip(answers, wanted, strict=True):
+                stored, *hashes = hashes_for_nodes(nodes, expanded)
+                proof = build_inclusion_proof(index, size, hashes)
+                results.append(
+                    Sequenced(index, stored, duplicate, size, state.checkpoint, tuple(proof))
+                )
+        except LookupError as exc:
+            raise SequencerStopped(f"cannot read the proof: {exc}", retry_after=1) from None
+        return results
