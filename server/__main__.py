@@ -22,6 +22,7 @@ from merkle.policy import Policy, parse_policy
 from server.app import create_app
 from server.config import ConfigError, Settings, load_settings
 from server.explorer import install_explorer
+from server.highwater import HighWaterMark
 from server.ingest import OAuthSettings, create_oauth_app
 from server.keys import KeyFileError, load_or_create_log_key
 from server.log import LogService
@@ -69,6 +70,7 @@ def build_service(settings: Settings) -> tuple[LogService, Policy | None]:
         batch_size=settings.batch_size,
         batch_period=settings.batch_period_ms / 1000,
         witnessed=policy is not None and policy.quorum != "none",
+        high_water=HighWaterMark.in_data_dir(settings.data_dir),
     )
     return service, policy
 

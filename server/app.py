@@ -553,6 +553,7 @@ class _Handlers:
             "origin": self.service.origin,
             "tree_size": self.service.tree_size,
             "published_size": published.checkpoint.tree_size if published else None,
+            "warnings": self.service.warnings,
         }
         return _json(body, 200 if ok else 503, headers={"Cache-Control": CACHE_NONE})
 

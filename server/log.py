@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from merkle.checkpoint import Checkpoint, open_checkpoint
 from merkle.note import Ed25519Signer, parse_note
 from merkle.receipt import Receipt, format_receipt
+from server.highwater import HighWaterMark
 from server.metrics import LogMetrics
 from server.sequencer import MonotonicClock, Sequenced, Sequencer, Submission
 from server.storage.base import Storage
@@ -56,6 +57,7 @@ class LogService:
         clock: MonotonicClock | None = None,
         full_check: bool = True,
         witnessed: bool = False,
+        high_water: HighWaterMark | None = None,
     ) -> None:
         self.storage = storage
         self.signer = signer
@@ -70,6 +72,7 @@ class LogService:
             batch_period=batch_period,
             clock=clock,
             full_check=full_check,
+            high_water=high_water,
         )
         self.reader: TreeReader = self.sequencer.reader
         self.witnessed = witnessed
@@ -100,6 +103,27 @@ class LogService:
             published = await self.storage.latest_cosigned_checkpoint()
         if published is not None:
             self._set_published(published)
+            self._check_future_cosignatures(published)
+
+    def _check_future_cosignatures(self, note: bytes) -> None:
+        """Warn when a stored cosignature is timestamped ahead of the system clock."""
+        now = self.sequencer.clock.wall_ms() // 1000
+        for signature in parse_note(note).signatures:
+            if len(signature.signature) != 72:  # 8-byte timestamp + Ed25519 (tlog-cosignature)
+                continue
+            timestamp = int.from_bytes(signature.signature[:8], "big")
+            if timestamp - now > 60:
+                warning = (
+                    f"the stored cosigned checkpoint carries a cosignature by {signature.name} "
+                    f"timestamped {timestamp - now} s ahead of the system clock"
+                )
+                self.sequencer.warnings.append(warning)
+                log.warning("%s", warning)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Conditions found at start-up that do not stop the log (times in the future)."""
+        return list(self.sequencer.warnings)
 
     async def stop(self) -> None:
         """Stop sequencing and close storage."""

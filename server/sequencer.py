@@ -21,6 +21,18 @@ Before it signs anything after start-up, and again after any failed commit, the 
 its state from storage and proves that the stored tiles reproduce the stored checkpoint's root
 (invariant 3). If they do not, it refuses to sign and says why (:class:`IntegrityFailure`).
 A lost compare-and-swap means another writer touched the log: the sequencer stops for good.
+
+Rollback: with a :class:`server.highwater.HighWaterMark`, the newest signed checkpoint is also
+kept in a file outside the database, written after each commit and before the submitters are
+answered. At start-up (and at every reload) a database behind that mark, or holding another
+root at the mark's size, is refused (:class:`IntegrityFailure`): it was restored from an older
+copy, and signing on it would publish a second history. :meth:`Sequencer.refuse` stops signing
+for the same reason when witnesses report a larger tree than the log's.
+
+Clock: log times come from :class:`MonotonicClock`, which never goes backwards while the process
+runs and, at start-up, is moved up to the newest stored log time so that a system clock stepped
+back across a restart does not make log times go backwards either. A newest entry whose log time
+lies in the future of the system clock is reported (:attr:`Sequencer.warnings`, a warning log).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from merkle.hashing import EMPTY_ROOT, HASH_SIZE, leaf_hash
 from merkle.note import Ed25519Signer, sign_note
 from merkle.tiles import TILE_WIDTH, edge_tiles, extend_tiles, tiles_for_size
 from merkle.tree import Node, build_inclusion_proof, inclusion_nodes, root_from_hashes, root_nodes
+from server.highwater import HighWaterMark
 from server.storage.base import (
     Batch,
     CheckpointConflict,
@@ -46,6 +59,7 @@ from server.storage.base import (
     NewEntry,
     Storage,
     StorageError,
+    StorageUnavailable,
 )
 from server.treeview import (
     EdgeTiles,
@@ -115,6 +129,10 @@ class MonotonicClock:
     def __init__(self, source: Callable[[], float] = time.time) -> None:
         self._source = source
         self._last = 0
+
+    def wall_ms(self) -> int:
+        """Return the source clock in milliseconds, as it is (it may have gone backwards)."""
+        return int(self._source() * 1000)
 
     def now_ms(self) -> int:
         """Return max(the source clock in milliseconds, the last value returned)."""
@@ -242,6 +260,8 @@ class Sequencer:
         clock: MonotonicClock | None = None,
         full_check: bool = True,
         max_pending: int = 100_000,
+        high_water: HighWaterMark | None = None,
+        future_tolerance_ms: int = 60_000,
     ) -> None:
         if signer.name != origin:
             raise ValueError(f"the log key is named {signer.name!r}, not the origin {origin!r}")
@@ -254,6 +274,10 @@ class Sequencer:
         self._clock = clock or MonotonicClock()
         self._full_check = full_check
         self._max_pending = max_pending
+        self._high_water = high_water
+        self._future_tolerance_ms = future_tolerance_ms
+        self.warnings: list[str] = []
+        """Conditions found at start-up that do not stop the log (a log time in the future)."""
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._state: _State | None = None
@@ -293,6 +317,14 @@ class Sequencer:
             return None
         return EdgeTiles(state.tree_size, state.edge)
 
+    def refuse(self, reason: str) -> None:
+        """Stop signing for good because of ``reason`` (e.g. witnesses have seen a larger tree).
+
+        Pending and later submissions are refused (503); nothing more is committed or signed.
+        """
+        if self._failure is None:
+            self._stop_for_good(reason, [])
+
     def subscribe(self, callback: Callable[[bytes], None]) -> None:
         """Call ``callback(checkpoint)`` after each commit of a new checkpoint."""
         self._subscribers.append(callback)
@@ -313,6 +345,8 @@ class Sequencer:
                 await self._task
             self._task = None
         self._fail_pending(SequencerStopped("the log is shutting down", retry_after=1))
+        if self._high_water is not None:
+            self._high_water.close()
 
     async def submit(self, submissions: Sequence[Submission]) -> list[Sequenced]:
         """Queue submissions and wait until they are committed; results in the same order.
@@ -340,8 +374,82 @@ class Sequencer:
             state = await self._storage.load_state()
             if state is None:
                 raise IntegrityFailure("the empty tree was committed but cannot be read back")
-        self._state = await self._verify_state(state, full=full)
+        verified = await self._verify_state(state, full=full)
+        await self._check_high_water(verified)
+        await self._adopt_clock(verified.tree_size)
+        self._state = verified
         self._dirty = False
+
+    async def _check_high_water(self, state: _State) -> None:
+        """Refuse a database behind (or beside) the newest checkpoint signed; then record it.
+
+        Raises IntegrityFailure when the high-water mark is larger than the stored tree, holds
+        another root at its size, does not verify, or cannot be read or written.
+        """
+        mark = self._high_water
+        if mark is None:
+            return
+        try:
+            raw = await asyncio.to_thread(mark.read)
+        except (OSError, ValueError) as exc:
+            raise IntegrityFailure(f"cannot read the high-water mark {mark.path}: {exc}") from exc
+        size = state.tree_size
+        if raw is not None and raw != state.checkpoint:
+            try:
+                signed, _, _ = open_checkpoint(raw, self._verifier)
+            except MerkleError as exc:
+                raise IntegrityFailure(
+                    f"the high-water mark {mark.path} does not verify with the log's key: {exc}"
+                ) from exc
+            if signed.origin != self._origin:
+                raise IntegrityFailure(
+                    f"the high-water mark {mark.path} is for {signed.origin!r}, "
+                    f"not {self._origin!r}"
+                )
+            if signed.tree_size > size:
+                raise IntegrityFailure(
+                    f"the database is behind the newest checkpoint this log signed: it holds "
+                    f"tree size {size}, the high-water mark {mark.path} size {signed.tree_size} "
+                    "(restored from an older copy?); refusing to sign a second history"
+                )
+            try:
+                root = await TreeReader(self._storage, cache_tiles=0).root(signed.tree_size)
+            except LookupError as exc:
+                raise IntegrityFailure(
+                    f"the stored tiles do not cover the high-water mark's size {signed.tree_size}"
+                ) from exc
+            if root != signed.root_hash:
+                raise IntegrityFailure(
+                    f"the database holds another tree at size {signed.tree_size} than the "
+                    f"checkpoint in the high-water mark {mark.path}; refusing to sign"
+                )
+        if raw != state.checkpoint:
+            try:
+                await asyncio.to_thread(mark.write, state.checkpoint)
+            except OSError as exc:
+                raise StorageUnavailable(
+                    f"cannot write the high-water mark {mark.path}: {exc}"
+                ) from exc
+
+    async def _adopt_clock(self, tree_size: int) -> None:
+        """Move the clock up to the newest stored log time; warn when it is in the future."""
+        if tree_size == 0:
+            return
+        meta = await self._storage.read_entry_meta(tree_size - 1)
+        if meta is None:
+            raise IntegrityFailure(f"entry {tree_size - 1} is not stored")
+        newest = meta[1]
+        self._clock.advance_to(newest)
+        ahead = newest - self._clock.wall_ms()
+        if ahead > self._future_tolerance_ms:
+            warning = (
+                f"the newest entry ({tree_size - 1}) has log time {newest}, {ahead // 1000} s "
+                "ahead of the system clock; log times will not go backwards, they stay at it "
+                "until the clock catches up"
+            )
+            if warning not in self.warnings:
+                self.warnings.append(warning)
+            log.warning("%s", warning)
 
     async def _create_empty(self) -> None:
         compact = CompactRange()
@@ -396,6 +504,9 @@ class Sequencer:
                 await asyncio.sleep(wait)
             batch, self._queue = self._queue[: self._batch_size], self._queue[self._batch_size :]
             last_start = loop.time()
+            if self._failure is not None:
+                self._stop_for_good(self._failure, batch)
+                return
             try:
                 if self._dirty:
                     await self._load()
@@ -507,12 +618,21 @@ class Sequencer:
             tree_size=new_size,
             compact_range=compact.to_bytes(),
         )
+        if self._failure is not None:
+            raise IntegrityFailure(self._failure)
         try:
             await self._storage.commit(state.checkpoint, batch)
         except BaseException:
             # The commit may or may not have happened: only storage can say, so reload first.
             self._dirty = True
             raise
+        if self._high_water is not None:
+            try:
+                await asyncio.to_thread(self._high_water.write, note)
+            except OSError:
+                # Committed but not recorded: answer 503 (a retry finds the entries), reload.
+                self._dirty = True
+                raise
 
         tiles: dict[TileKey, bytes] = {**state.edge, **changed}
         new_edge = {key: tiles[key] for key in _edge_keys(new_size)}

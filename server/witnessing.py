@@ -11,7 +11,8 @@ Sequencing never waits for this: a checkpoint that misses its quorum is retried 
 newest checkpoint, after a back-off), and the last published checkpoint keeps serving
 ``/checkpoint`` and receipts. A witness that reports a size larger than the log's own tree has
 seen a history this log does not have (a rollback or a fork): that is logged as an error,
-counted, and reported on the health endpoint.
+counted, reported on the health endpoint, and the sequencer stops signing
+(:meth:`server.sequencer.Sequencer.refuse`).
 """
 
 from __future__ import annotations
@@ -147,13 +148,12 @@ class WitnessCollector:
             if old > size:
                 self.ahead[name] = old
                 metrics.witness_failures.labels(name, "witness-ahead").inc()
-                log.error(
-                    "witness %s has cosigned size %d, larger than this log's %d: "
-                    "the log's state was rolled back or forked",
-                    name,
-                    old,
-                    size,
+                reason = (
+                    f"witness {name} has cosigned size {old}, larger than this log's {size}: "
+                    "the log's state was rolled back or forked"
                 )
+                log.error("%s", reason)
+                self._service.sequencer.refuse(reason)
                 return WitnessOutcome(name, (), "witness is ahead of the log")
             try:
                 body = await self._request_body(old, size, note)
