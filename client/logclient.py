@@ -16,6 +16,10 @@ operations synchronously on :class:`SyncLogClient`):
   receipt verifies on its own (:func:`verify_receipt_file`, offline);
 * finds the events of a token: ``token_ref`` then ``GET /v1/lookup``, each hit re-verified.
 
+Bulk readers (the audit, the monitor) can use ``lean_http``: a small HTTP/1.1 transport
+(:mod:`client.transport`) and raw tile reads that spend a fraction of ``httpx``'s CPU per
+request; everything read is verified the same way.
+
 When the log presents signed data that cannot all be honest, the client raises a
 :class:`client.errors.LogMisbehaviour` subclass and writes an **evidence file** (JSON) into the
 evidence directory. Two formats:
