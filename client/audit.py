@@ -327,11 +327,10 @@ class Auditor:
         return found
 
     async def _fetch_tile0(self, index: int, width: int, size: int) -> tuple[bytes, bytes]:
-        bundle, data = await asyncio.gather(
-            self.client.bundle_bytes(index, size),
-            self._fetch_hash_tile(Tile(0, index, width)),
-        )
-        return bundle, data
+        # One after the other: the window of tasks already keeps the log busy, and two more
+        # tasks per tile would cost the client more than they save.
+        bundle = await self.client.bundle_bytes(index, size)
+        return bundle, await self._fetch_hash_tile(Tile(0, index, width))
 
     async def _fetch_hash_tile(self, tile: Tile) -> bytes:
         data = await self.client.hash_tile(tile)
