@@ -210,6 +210,7 @@ class Witness:
         self.storage = storage
         self.metrics = metrics or WitnessMetrics()
         self._clock = clock
+        self._last_cosigned_ms = 0
         self._limiter = rate_limiter or RateLimiter()
         self._rate = rate_per_second
         self._burst = rate_burst
@@ -373,15 +374,19 @@ class Witness:
         return self._cosign(state, signed)
 
     def _cosign(self, state: LogState, signed: SignedCheckpoint) -> Decision[bytes | RequestError]:
-        now = self._clock()
-        cosignature = self.signer.sign_at(signed.note.text, int(now))
+        # Cosignature timestamps never go backwards, even when the system clock is stepped back
+        # (also across restarts: the stored time of the origin's last cosignature is a floor).
+        previous_ms = state.checkpoint.updated_at if state.checkpoint is not None else 0
+        now_ms = max(int(self._clock() * 1000), previous_ms, self._last_cosigned_ms)
+        self._last_cosigned_ms = now_ms
+        cosignature = self.signer.sign_at(signed.note.text, now_ms // 1000)
         note = format_note(Note(signed.note.text, (*signed.log_signatures, cosignature)))
         stored = StoredCheckpoint(
             origin=state.origin,
             tree_size=signed.checkpoint.tree_size,
             root_hash=signed.checkpoint.root_hash,
             note=note,
-            updated_at=int(now * 1000),
+            updated_at=now_ms,
         )
         return Decision(cosignature.format_line().encode("utf-8"), checkpoint=stored)
 
