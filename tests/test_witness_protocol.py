@@ -388,6 +388,18 @@ async def test_429_rate_limited_per_origin(storage: WitnessStorage, log: FakeLog
         assert (await post(w, add_checkpoint_body(0, [], other.checkpoint()))).status_code == 200
 
 
+async def test_429_on_check_has_its_own_budget(storage: WitnessStorage, log: FakeLog) -> None:
+    async with in_process_witness(storage, [log.config()], rate_per_second=0.01, rate_burst=2) as w:
+        for _ in range(2):
+            assert (await w.client.post("/check", content=log.checkpoint())).status_code == 200
+        limited = await w.client.post("/check", content=log.checkpoint())
+        assert limited.status_code == 429
+        assert limited.headers["content-type"] == "application/problem+json"
+        assert "retry-after" in limited.headers
+        body = add_checkpoint_body(0, [], log.checkpoint())
+        assert (await post(w, body)).status_code == 200
+
+
 async def test_429_uses_qpd_from_the_log_list(storage: WitnessStorage, log: FakeLog) -> None:
     async with in_process_witness(storage, [log.config(qpd=1)], rate_burst=1) as w:
         body = add_checkpoint_body(0, [], log.checkpoint())

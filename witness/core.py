@@ -239,6 +239,15 @@ class Witness:
             raise UnknownLogError("unknown origin")
         return log
 
+    def take_check_budget(self, log: LogConfig) -> None:
+        """Take one token of the origin's ``POST /check`` budget (separate from add-checkpoint).
+
+        A check can make the witness fetch tiles from the log, so it is rate limited too, but
+        on its own bucket: checks by strangers must not spend the log's cosigning budget.
+        Raises RateLimitedError (429).
+        """
+        self._limiter.take("check " + log.origin, rate=self._rate, burst=self._burst)
+
     def open_checkpoint(self, log: LogConfig, data: bytes) -> SignedCheckpoint:
         """Verify ``data`` as a checkpoint of ``log``: signed note, trusted key, origin.
 

@@ -251,17 +251,20 @@ class Gossip:
 
     # ------------------------------------------------------------------ the check
 
-    async def check(self, raw: bytes, *, source: str) -> CheckResult:
+    async def check(self, raw: bytes, *, source: str, rate_limited: bool = False) -> CheckResult:
         """Check a checkpoint someone was shown against what this witness has seen.
 
         ``raw`` is a signed checkpoint note. Returns a CheckResult (see the module docstring
-        for the rules); records evidence when it finds an inconsistency. Raises
-        UnknownLogError, LogSignatureError, MalformedRequestError for the note itself,
-        StorageError.
+        for the rules); records evidence when it finds an inconsistency. With
+        ``rate_limited``, a validly signed request takes a token of the origin's check budget.
+        Raises UnknownLogError, LogSignatureError, MalformedRequestError for the note itself,
+        RateLimitedError, StorageError.
         """
         origin = raw.split(b"\n", 1)[0].decode("utf-8", errors="replace")
         log = self.witness.log(origin)
         signed = self.witness.open_checkpoint(log, raw)
+        if rate_limited:
+            self.witness.take_check_budget(log)
         stored = await self.witness.storage.latest(log.origin)
         if stored is None:
             return CheckResult(

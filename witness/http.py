@@ -209,7 +209,7 @@ async def check(request: Request) -> Response:
     """POST /check: is this signed checkpoint consistent with what the witness has seen?"""
     components = _components(request)
     body = await _read_body(request, components.max_body_bytes)
-    result = await components.gossip.check(body, source="check")
+    result = await components.gossip.check(body, source="check", rate_limited=True)
     return JSONResponse(
         {
             "origin": result.origin,
