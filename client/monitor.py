@@ -723,9 +723,11 @@ class Monitor:
                 checked=f"the root recomputed from the monitor's range at size {first} and the "
                 f"entries up to {current.tree_size}, each equal to its level-0 tile hash",
             )
+        changed = state.note != current.note or not self.state_path.exists()
         state.note = current.note
         state.alerts += len(alerts)
-        self._save(state)
+        if changed:
+            self._save(state)
         return StepResult(first, current.tree_size, current.tree_size - first, tuple(alerts))
 
     async def _verify_range(
