@@ -21,6 +21,7 @@ import pytest
 
 from client.cli import main
 from client.tokens import token_ref
+from merkle.cosignature import CosignatureSigner
 from merkle.note import Ed25519Signer, Ed25519Verifier
 from merkle.receipt import parse_receipt
 from merkle.tiles import Tile, format_tile_path
@@ -306,7 +307,9 @@ def test_keygen(kind: str, etch: Etch, tmp_path: Path) -> None:
     assert key.read_text().startswith(f"PRIVATE+KEY+{kind}.example/k+")
     assert key.read_text() not in run.out
     assert vkey in run.out
-    if kind != "witness":
+    if kind == "witness":
+        assert CosignatureSigner.from_private_key(key.read_text().strip()).vkey == vkey
+    else:
         signer = Ed25519Signer.from_private_key(key.read_text().strip())
         assert Ed25519Verifier.from_vkey(vkey).key_id == signer.key_id
     assert Path(f"{prefix}.pub.pem").exists() == (kind == "submitter")
