@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -20,16 +21,19 @@ from starlette.applications import Starlette
 from merkle.errors import MerkleError
 from merkle.policy import Policy, parse_policy
 from server.app import create_app
+from server.cluster import build_cluster_service
 from server.config import ConfigError, Settings, load_settings
 from server.explorer import install_explorer
 from server.highwater import HighWaterMark
 from server.ingest import OAuthSettings, create_oauth_app
 from server.keys import KeyFileError, load_or_create_log_key
 from server.log import LogService
+from server.replica import ReplicaRoutedStorage
 from server.sequencer import IntegrityFailure
 from server.storage import PostgresStorage, SQLiteStorage, open_storage
 from server.storage.base import StorageError
 from server.witnessing import WitnessCollector
+from server.workers import serve_workers
 
 __all__ = ["build_app", "build_service", "main", "run", "serve"]
 
@@ -62,6 +66,12 @@ def build_service(settings: Settings) -> tuple[LogService, Policy | None]:
     """
     key = load_or_create_log_key(settings.data_dir, settings.origin)
     policy = load_policy(settings, key.vkey)
+    if settings.clustered:  # several processes around one PostgreSQL (server.cluster)
+        witnessed = policy is not None and policy.quorum != "none"
+        try:
+            return build_cluster_service(settings, key.signer, witnessed=witnessed), policy
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
     storage = open_storage(settings.database)
     service = LogService(
         storage,
@@ -83,7 +93,7 @@ def build_app(settings: Settings, service: LogService) -> Starlette:
     if settings.intake == "raw":
         return create_app(service, limits=settings.limits, manage_service=False)
     storage = service.storage
-    assert isinstance(storage, SQLiteStorage | PostgresStorage)
+    assert isinstance(storage, SQLiteStorage | PostgresStorage | ReplicaRoutedStorage)
     oauth = OAuthSettings(
         public_entries=settings.public_entries,
         public_token_ref_lookup=settings.public_token_ref_lookup,
@@ -94,8 +104,13 @@ def build_app(settings: Settings, service: LogService) -> Starlette:
     return create_oauth_app(service, storage, oauth, limits=settings.limits, manage_service=False)
 
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
-    """Start the log, serve HTTP until stopped, and return the exit status."""
+async def serve(
+    settings: Settings, *, ready: asyncio.Event | None = None, sock: socket.socket | None = None
+) -> int:
+    """Start the log, serve HTTP until stopped, and return the exit status.
+
+    ``sock`` is a listening socket to accept on instead of binding ``host:port`` (workers).
+    """
     try:
         service, policy = build_service(settings)
     except (KeyFileError, StartupError) as exc:
@@ -138,7 +153,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
         flush=True,
     )
     try:
-        await server.serve()
+        await server.serve(sockets=None if sock is None else [sock])
     finally:
         if collector is not None:
             await collector.stop()
@@ -154,6 +169,8 @@ def run(settings: Settings) -> int:
     )
     # One line per witness request is noise at info level; failures are logged by Etch itself.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
+    if settings.workers > 1:  # N cluster processes on one socket (server.workers)
+        return serve_workers(settings, serve)
     return asyncio.run(serve(settings))
 
 

@@ -77,7 +77,9 @@ from merkle.checkpoint import open_checkpoint
 from merkle.errors import MerkleError
 from merkle.note import Ed25519Signer
 from merkle.tree import Node, build_inclusion_proof, inclusion_nodes
+from server.config import Settings
 from server.log import LogService
+from server.replica import ReplicaRoutedStorage, ReplicaStorage
 from server.sequencer import (
     IntegrityFailure,
     MonotonicClock,
@@ -87,12 +89,14 @@ from server.sequencer import (
     Submission,
 )
 from server.storage.base import LogState, Storage, StorageError, StorageUnavailable, encode_key
+from server.storage.postgres import PostgresStorage
 from server.treeview import ExpandedTile, TreeReader, hashes_for_nodes, tiles_for_nodes
 
 __all__ = [
     "LEADER_APPLICATION_NAME",
     "ClusterLog",
     "ClusterNames",
+    "build_cluster_service",
     "cluster_names",
     "decode_lookup_keys",
     "encode_lookup_keys",
@@ -800,3 +804,31 @@ class ClusterLog(LogService):
         except LookupError as exc:
             raise SequencerStopped(f"cannot read the proof: {exc}", retry_after=1) from None
         return results
+
+
+def build_cluster_service(
+    settings: Settings, signer: Ed25519Signer, *, witnessed: bool
+) -> ClusterLog:
+    """Return the (unstarted) cluster front end the settings describe (``settings.clustered``).
+
+    Reads go to ``settings.replica_url`` when set (:class:`server.replica.ReplicaRoutedStorage`).
+    Raises ValueError when the database or the replica is not a PostgreSQL URL.
+    """
+    if not settings.is_postgres:
+        raise ValueError("cluster mode (cluster, workers, replica_url) needs a PostgreSQL database")
+    primary = PostgresStorage(settings.database)
+    read_storage: Storage | None = None
+    if settings.replica_url is not None:
+        if not settings.replica_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("replica_url must be a postgresql:// URL")
+        read_storage = ReplicaRoutedStorage(primary, ReplicaStorage(settings.replica_url))
+    return ClusterLog(
+        primary,
+        signer,
+        settings.origin,
+        dsn=settings.database,
+        read_storage=read_storage,
+        batch_size=settings.batch_size,
+        batch_period=settings.batch_period_ms / 1000,
+        witnessed=witnessed,
+    )

@@ -24,6 +24,9 @@ lookup              REF_LOOKUP            lookup
 submitter_rate      ETCH_SUBMITTER_RATE   --submitter-rate          ``10000`` events/s
 submitter_burst     ETCH_SUBMITTER_BURST  --submitter-burst         ``20000`` events
 set_audience        ETCH_SET_AUDIENCE     --set-audience            none (the origin only)
+cluster             ETCH_CLUSTER          --cluster                 ``false`` (PostgreSQL only)
+workers             ETCH_WORKERS          --workers                 ``1`` process
+replica_url         ETCH_REPLICA_URL      --replica-url             none (reads on the primary)
 [limits] max_...    ETCH_MAX_...          --max-...                 :data:`DEFAULT_LIMITS`
 ==================  ====================  ========================  ==========================
 
@@ -53,6 +56,14 @@ The ``[limits]`` table takes the fields of :class:`server.codec.Limits` (``max_b
   ``submitter_burst`` are each submitter's token bucket; ``set_audience`` is an extra ``aud``
   value that SETs may carry beside the origin. Booleans are TOML booleans, or ``true`` /
   ``false`` in variables and flags.
+
+* ``cluster``, ``workers`` and ``replica_url`` run the log as several processes around one
+  PostgreSQL (:mod:`server.cluster`): ``cluster = true`` makes this process one front end of a
+  cluster (others may run on other hosts with the same ``database_url`` and log key), in which
+  one process at a time, elected, sequences; ``workers = N`` (N > 1 implies ``cluster``) runs N
+  such processes on one listening socket; ``replica_url`` names a PostgreSQL streaming replica
+  that serves reads (tiles, proofs, entries, lookups, the served checkpoint). Each needs a
+  PostgreSQL ``database_url``. ``replica_url`` may hold a password, like ``database_url``.
 
 Parsing is strict: unknown TOML keys, wrong TOML types, integers written as ``"+5"``, ``" 5"``,
 ``"05"``, ``"5_000"`` or with non-ASCII digits, out-of-range numbers and empty values are each a
@@ -260,6 +271,9 @@ _OPTIONS: Final = (
     _int_option("submitter_rate", 1, 10_000_000, "events per second per submitter"),
     _int_option("submitter_burst", 1, 100_000_000, "burst size per submitter, events"),
     _Option("set_audience", _check_text, "an aud value SETs may carry beside the origin"),
+    _Option("cluster", _check_bool, "one process of a cluster on PostgreSQL", boolean=True),
+    _int_option("workers", 1, 64, "processes serving this log (cluster mode when above 1)"),
+    _Option("replica_url", _check_database, "postgresql:// URL of a replica serving reads"),
     _int_option("max_body_bytes", 1, _UNBOUNDED, "largest event body", in_limits=True),
     _int_option("max_depth", 1, MAX_DEPTH_CAP, "deepest event nesting", in_limits=True),
     _int_option("max_items", 1, _UNBOUNDED, "most items in an array or map", in_limits=True),
@@ -296,6 +310,9 @@ class Settings:
     submitter_rate: int = 10_000
     submitter_burst: int = 20_000
     set_audience: str | None = None
+    cluster: bool = False
+    workers: int = 1
+    replica_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.limits, Limits):
@@ -303,7 +320,7 @@ class Settings:
         for item in fields(self):
             value = getattr(self, item.name)
             option = _BY_NAME.get(item.name)
-            optional = ("database_url", "policy_file", "set_audience")
+            optional = ("database_url", "policy_file", "set_audience", "replica_url")
             if option is None or (value is None and item.name in optional):
                 continue
             raw = str(value) if isinstance(value, Path) else value
@@ -340,6 +357,11 @@ class Settings:
             host = f"[{host}]"
         port = f":{parts.port}" if parts.port is not None else ""
         return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+    @property
+    def clustered(self) -> bool:
+        """Tell whether the log runs in cluster mode (``cluster``, ``workers > 1`` or a replica)."""
+        return self.cluster or self.workers > 1 or self.replica_url is not None
 
     @property
     def key_file(self) -> Path:
