@@ -307,10 +307,11 @@ class OAuthLayer:
             old, new = parse_leaf(stored), parse_leaf(submission.data)
         except LeafError:
             return None
+        # Compared as canonical bytes: Python's == would take true for 1.
         same = (
             old.submitter == new.submitter
             and (old.set is None) == (new.set is None)
-            and old.event == new.event
+            and encode_deterministic(old.event) == encode_deterministic(new.event)
         )
         return stored if same else None
 

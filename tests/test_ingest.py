@@ -600,6 +600,19 @@ async def test_sets_are_logged_verbatim(log: OAuthLog, alg: str) -> None:
     assert [r["index"] for r in found.json()["results"]] == [body["index"]]
 
 
+async def test_set_retransmission_compares_exact_values(slog: OAuthLog) -> None:
+    signer = SetSigner.generate("EdDSA")
+    alice = await slog.add_submitter("as-prod", set_keys=(signer.principal_key(),))
+    uri = "https://example.com/event-type/flag"
+    claims = set_claims(events={uri: {"flag": True}})
+    assert (await post_set(slog, alice, make_set(signer, claims))).status_code == 202
+    before = await slog.size()
+    # true and 1 are equal in Python, not in the log: this is another SET with the same jti.
+    changed = {**claims, "events": {uri: {"flag": 1}}}
+    set_error(await post_set(slog, alice, make_set(signer, changed)), "invalid_request")
+    assert await slog.size() == before
+
+
 async def test_set_refusals_leave_the_log_unchanged(log: OAuthLog) -> None:
     signer = SetSigner.generate("ES256")
     other = SetSigner.generate("ES256", kid="other")
