@@ -54,6 +54,11 @@ Reads
     Receipts of submissions are built from the primary (the entry may not have reached a
     replica yet), so their tree size may briefly be ahead of the served checkpoint.
 
+``etch_pending`` is an ``UNLOGGED`` table: its rows are not written to the WAL (no fsync per
+enqueue, and not replicated). A PostgreSQL crash may empty it, which loses nothing acknowledged:
+a receipt is only ever given for an entry of the log's own, durable tables; submitters whose
+rows vanished time out (503) and resubmit, and deduplication answers for whatever did commit.
+
 Several logs may share one database in separate schemas (``search_path`` in the URL): the
 table is per schema, the lock key and the channel names are derived from the origin.
 """
@@ -112,7 +117,7 @@ _SCHEMA_LOCK: Final = 0x4554_4348_0000_0002
 """Advisory lock held while ``etch_pending`` is created ("ETCH", 2)."""
 
 _CREATE_PENDING: Final = (
-    """CREATE TABLE IF NOT EXISTS etch_pending (
+    """CREATE UNLOGGED TABLE IF NOT EXISTS etch_pending (
         id bigserial PRIMARY KEY,
         data bytea NOT NULL,
         leaf_hash bytea NOT NULL CHECK (length(leaf_hash) = 32),
@@ -163,6 +168,9 @@ _MARK_DONE: Final = """
 _SWEEP: Final = (
     "DELETE FROM etch_pending WHERE done_at IS NOT NULL AND done_at < now() - interval '5 minutes'"
 )
+
+_MAX_PAYLOAD: Final = 7900
+"""Largest commit notification payload (PostgreSQL's limit is 8000 bytes)."""
 
 _DB_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 """What talking to PostgreSQL may raise; the loops below log it and try again."""
@@ -332,7 +340,10 @@ class _Leadership:
                 for r in rows
             ]
             results = await self.sequencer.submit(submissions)
-            size = max(r.tree_size for r in results)
+            newest = max(results, key=lambda r: r.tree_size)
+            payload = f"{newest.tree_size}\n{newest.checkpoint.decode('utf-8')}"
+            if len(payload.encode("utf-8")) > _MAX_PAYLOAD:
+                payload = str(newest.tree_size)
             for attempt in range(50):
                 try:
                     await owner.pool.fetchrow(
@@ -341,7 +352,7 @@ class _Leadership:
                         [r.index for r in results],
                         [r.duplicate for r in results],
                         owner.names.commit_channel,
-                        str(size),
+                        payload,
                     )
                     break
                 except _DB_ERRORS as exc:
@@ -415,7 +426,7 @@ class ClusterLog(LogService):
         self.pending_event = asyncio.Event()
         self._commit_event = asyncio.Event()
         self._view_event = asyncio.Event()
-        self._waiting: dict[int, asyncio.Future[tuple[int, bool]]] = {}
+        self._waiting: dict[int, asyncio.Future[Sequenced]] = {}
         self._buffer: list[_Enqueue] = []
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None
@@ -523,37 +534,53 @@ class ClusterLog(LogService):
             return False, f"witnesses have seen a larger tree than this log's ({ahead})"
         return True, "ok"
 
-    async def _refresh_view(self) -> None:
-        """Read the served state from the read storage; publish it if it is newer and verifies."""
-        state = await self.storage.load_state()
-        if state is None:
-            return
+    def _verified(self, state: LogState) -> bool:
+        """Tell whether ``state``'s checkpoint is signed by the log key and matches its size."""
+        try:
+            checkpoint, _, _ = open_checkpoint(state.checkpoint, self._verifier)
+        except MerkleError as exc:
+            log.error("a stored checkpoint does not verify; not using it: %s", exc)
+            return False
+        if checkpoint.tree_size != state.tree_size or checkpoint.origin != self.origin:
+            log.error("a stored checkpoint does not match its tree size or origin; not using it")
+            return False
+        return True
+
+    def _note_latest(self, state: LogState) -> None:
+        """Remember ``state`` (verified) as the newest committed one if it is newer."""
+        if self._latest is None or self._latest.tree_size < state.tree_size:
+            self._latest = state
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    def _adopt(self, state: LogState) -> None:
+        """Serve ``state`` (verified) if it is newer than the served one."""
         current = self._view
         if current is not None and state.tree_size <= current.tree_size:
             return
-        try:
-            open_checkpoint(state.checkpoint, self._verifier)
-        except MerkleError as exc:
-            log.error("the stored checkpoint does not verify; not serving it: %s", exc)
-            return
         self._view = state
-        if self._latest is None or self._latest.tree_size < state.tree_size:
-            self._latest = state
         self.metrics.tree_size.set(state.tree_size)
-        published = state.checkpoint
+        if not self.witnessed:
+            self._set_published(state.checkpoint)
+        self._note_latest(state)
+
+    async def _refresh_view(self) -> None:
+        """Read the served state from the read storage and serve it if newer and verified.
+
+        With a witness policy the published checkpoint is the stored cosigned one.
+        """
+        state = await self.storage.load_state()
+        current = self._view
+        newer = state is not None and (current is None or state.tree_size > current.tree_size)
+        if state is not None and newer and self._verified(state):
+            self._adopt(state)
         if self.witnessed:
             cosigned = await self.storage.latest_cosigned_checkpoint()
-            if cosigned is None:
-                self._changed.set()
-                self._changed = asyncio.Event()
-                return
-            published = cosigned
-        self._set_published(published)
-        self._changed.set()
-        self._changed = asyncio.Event()
+            if cosigned is not None:
+                self._set_published(cosigned)
 
     async def _view_loop(self) -> None:
-        """Follow the log: re-read the served state after each commit, and every second."""
+        """Follow the log: re-read the served state when a commit is ahead, and every second."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._view_event.wait(), 1.0)
@@ -571,13 +598,27 @@ class ClusterLog(LogService):
     # -- notifications -----------------------------------------------------------------------
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        if channel == self.names.commit_channel:
-            if payload.isdigit():
-                self._notified_size = max(self._notified_size, int(payload))
-            self._commit_event.set()
-            self._view_event.set()
-        elif channel == self.names.pending_channel:
+        """Dispatch a notification; a commit's payload is ``<tree size>\\n<signed checkpoint>``."""
+        if channel == self.names.pending_channel:
             self.pending_event.set()
+            return
+        if channel != self.names.commit_channel:
+            return
+        self._commit_event.set()
+        size_text, _, note = payload.partition("\n")
+        if not (size_text.isascii() and size_text.isdigit()):
+            self._view_event.set()
+            return
+        size = int(size_text)
+        self._notified_size = max(self._notified_size, size)
+        if note and size > (self._latest.tree_size if self._latest else -1):
+            state = LogState(note.encode("utf-8"), size, b"")
+            if self._verified(state):
+                self._note_latest(state)
+                if self.storage is self.primary and not self.witnessed:
+                    self._adopt(state)  # the primary serves reads: nothing to wait for
+                    return
+        self._view_event.set()
 
     async def _connect_listener(self) -> None:
         try:
@@ -693,10 +734,9 @@ class ClusterLog(LogService):
         futures = [loop.create_future() for _ in ids]
         for pending_id, future in zip(ids, futures, strict=True):
             self._waiting[pending_id] = future
-        self._commit_event.set()  # answered by a sequencer that ran between insert and here
         try:
             async with asyncio.timeout(self.wait_timeout):
-                answers = await asyncio.gather(*futures)
+                results = list(await asyncio.gather(*futures))
         except TimeoutError:
             raise SequencerStopped(
                 "no sequencer answered in time; resubmit to get the entry's index",
@@ -705,7 +745,6 @@ class ClusterLog(LogService):
         finally:
             for pending_id in ids:
                 self._waiting.pop(pending_id, None)
-        results = await self._receipts(answers)
         new = sum(1 for r in results if not r.duplicate)
         if new:
             self.metrics.submissions.labels("new").inc(new)
@@ -751,7 +790,11 @@ class ClusterLog(LogService):
             self._flushing = False
 
     async def _resolve_loop(self) -> None:
-        """Claim answered rows after each commit notification (and every second while waiting)."""
+        """Claim answered rows after each commit notification (and every second while waiting).
+
+        The receipts of every row claimed at once are built from one read of the stored
+        checkpoint and one read of the tiles they need.
+        """
         while True:
             if self._waiting:
                 with contextlib.suppress(TimeoutError):
@@ -767,21 +810,37 @@ class ClusterLog(LogService):
                 log.debug("cannot claim answered entries: %s", type(exc).__name__)
                 await asyncio.sleep(0.2)
                 continue
-            for row in rows:
-                future = self._waiting.pop(int(row["id"]), None)
+            if not rows:
+                continue
+            claimed = [
+                (self._waiting.pop(int(row["id"]), None), int(row["leaf_index"]), row["duplicate"])
+                for row in rows
+            ]
+            try:
+                results = await self._receipts([(index, dup) for _, index, dup in claimed])
+            except (StorageError, SequencerStopped, *_DB_ERRORS) as exc:
+                error = exc if isinstance(exc, StorageError | SequencerStopped) else (
+                    _map_db_error(exc)
+                )
+                for future, _, _ in claimed:
+                    if future is not None and not future.done():
+                        future.set_exception(error)
+                continue
+            for (future, _, _), result in zip(claimed, results, strict=True):
                 if future is not None and not future.done():
-                    future.set_result((int(row["leaf_index"]), bool(row["duplicate"])))
+                    future.set_result(result)
 
     async def _receipts(self, answers: Sequence[tuple[int, bool]]) -> list[Sequenced]:
         """Return each answer with an inclusion proof from the primary's tiles and checkpoint.
 
         Raises StorageError, or SequencerStopped if the stored tree does not hold an index yet.
         """
-        state = await self.primary.load_state()
-        if state is None or any(index >= state.tree_size for index, _ in answers):
+        needed = max(index for index, _ in answers) + 1
+        state = self._latest
+        if state is None or state.tree_size < needed:
+            state = await self.primary.load_state()
+        if state is None or state.tree_size < needed:
             raise SequencerStopped("the committed entry is not readable yet", retry_after=1)
-        if self._latest is None or self._latest.tree_size < state.tree_size:
-            self._latest = state
         size = state.tree_size
         wanted = [[Node(0, index), *inclusion_nodes(index, size)] for index, _ in answers]
         keys = tiles_for_nodes(node for nodes in wanted for node in nodes)

@@ -67,7 +67,7 @@ async def cluster(
                     extra_args=["--cluster", "true", "--origin", origin],
                 )
                 processes.append(process)
-                await process.start()
+            await asyncio.gather(*(p.start() for p in processes))
             yield dsn, origin, processes
         finally:
             for process in processes:
@@ -210,9 +210,11 @@ async def test_sequencer_killed_five_times_under_load(pg_dsn: str, tmp_path: Pat
         load = Load(processes, verifier, vkey)
         clients = [asyncio.create_task(load.client(w, None)) for w in range(CLIENTS)]
         failovers = []
+        restarts: list[asyncio.Task[None]] = []
         try:
             for _ in range(5):
-                await asyncio.sleep(0.7)
+                await asyncio.sleep(0.5)
+                await asyncio.gather(*restarts[:-1])  # at most one process down at a time
                 pid = await leader_pid(dsn, origin)
                 assert pid is not None
                 victim = next(p for p in processes if p.is_running() and p.pid == pid)
@@ -229,11 +231,11 @@ async def test_sequencer_killed_five_times_under_load(pg_dsn: str, tmp_path: Pat
                     await asyncio.sleep(0.01)
                 failovers.append(time.monotonic() - killed_at)
                 assert new_pid in {p.pid for p in processes if p.is_running()}
-                await victim.start()
-            await asyncio.sleep(0.5)
+                restarts.append(asyncio.create_task(victim.start()))
+            await asyncio.gather(*restarts)
         finally:
             load.stop = True
-            await asyncio.gather(*clients)
+            await asyncio.gather(*clients, *restarts, return_exceptions=True)
         assert len(load.acknowledged) > 100
         final = await check_final(dsn, processes, load, verifier)
         assert final.tree_size >= len(load.acknowledged)
