@@ -819,8 +819,10 @@ class ClusterLog(LogService):
             try:
                 results = await self._receipts([(index, dup) for _, index, dup in claimed])
             except (StorageError, SequencerStopped, *_DB_ERRORS) as exc:
-                error = exc if isinstance(exc, StorageError | SequencerStopped) else (
-                    _map_db_error(exc)
+                error = (
+                    exc
+                    if isinstance(exc, StorageError | SequencerStopped)
+                    else (_map_db_error(exc))
                 )
                 for future, _, _ in claimed:
                     if future is not None and not future.done():

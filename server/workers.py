@@ -118,9 +118,7 @@ def _run_worker(worker: Callable[[socket.socket], int], sock: socket.socket) -> 
     raise SystemExit(worker(sock))
 
 
-def serve_workers(
-    settings: Settings, serve: Callable[..., Coroutine[Any, Any, int]]
-) -> int:
+def serve_workers(settings: Settings, serve: Callable[..., Coroutine[Any, Any, int]]) -> int:
     """Run ``settings.workers`` cluster processes of the log on one socket; return the status.
 
     ``serve`` is :func:`server.__main__.serve` (passed in to keep the import graph acyclic).

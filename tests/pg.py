@@ -273,6 +273,49 @@ class PgServer(PgCluster):
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
+    # -- streaming replica -------------------------------------------------------------------
+
+    def create_replica(self) -> PgServer:
+        """Start a hot-standby streaming replica of this server and return it.
+
+        ``pg_basebackup -R -X stream`` copies the cluster over a replication connection on the
+        primary's socket (``wal_level = replica``, the default, and ``initdb --auth=trust``'s
+        ``local replication`` rule allow it) and writes the standby configuration; the copy is
+        then served by a second ``pg_ctl`` on a socket in its own directory. Its :attr:`dsn`
+        names the replicated ``etch`` database. Call :meth:`destroy` on it after use.
+        Raises ``PgUnavailable`` if the copy or the start fails.
+        """
+        base = Path(tempfile.mkdtemp(prefix="etch-pgr-", dir=self.base_dir.parent))
+        replica = PgServer(self.bin_dir, base, self.run_as)
+        try:
+            if self.run_as is not None:
+                account = pwd.getpwnam(self.run_as)
+                os.chown(base, account.pw_uid, account.pw_gid)
+            replica._tool(
+                "pg_basebackup",
+                "-D",
+                str(replica.data_dir),
+                "-R",
+                "-X",
+                "stream",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                "5432",
+                "-U",
+                SUPERUSER,
+                "--checkpoint=fast",
+                "--no-sync",
+            )
+            with (replica.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
+                conf.write(f"\n# replica\nunix_socket_directories = '{replica.socket_dir}'\n")
+                conf.write("hot_standby = on\nhot_standby_feedback = on\n")
+            replica.start()
+        except BaseException:
+            replica.destroy()
+            raise
+        return replica
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _tool(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
