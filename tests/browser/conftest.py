@@ -47,7 +47,9 @@ def _unavailable(reason: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in the main
+# thread while it is open, which would break every asyncio test collected after this package.
+@pytest.fixture(scope="package")
 def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """The log and its three witnesses, serving the test data (see tests.browser.live)."""
     stack = LiveStack(tmp_path_factory.mktemp("live"))
@@ -58,7 +60,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         stack.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     """A headless Chromium with a fresh profile, JavaScript on."""
     if not CHROMIUM.exists():
