@@ -4,8 +4,19 @@ After each commit the collector takes the newest signed checkpoint and sends it 
 of the log's tlog-policy in parallel (``POST <url>/add-checkpoint``), each request carrying a
 consistency proof from the size that witness last cosigned. A ``409`` answer tells the witness's
 size: the collector adopts it and retries at once with the right proof. The returned
-cosignature lines are verified with the witness's key before they are merged into the note; once
-the merged note satisfies the policy's quorum it is stored and published.
+cosignature lines are verified with the witness's key before they are merged into the note.
+
+Publication does not wait for the slowest witness: the merged note is checked against the
+policy after each answer, and the first time it meets the quorum it is stored and published
+(``GET /checkpoint`` serves it from then on). The other witnesses' requests go on in the
+background; when they bring further cosignatures while that checkpoint is still the newest
+published one, it is stored and published again with them (same size, more cosignatures).
+Each witness has at most one request in flight, and its requests go out in increasing
+tree-size order: a request still waiting for its turn when a newer checkpoint is pushed to the
+same witness is dropped, so a slow witness is always sent the newest checkpoint next. Each
+witness's size is kept in memory at once and written to storage after publication (it only
+saves a ``409`` round trip after a restart). Every publication is logged at debug level as
+``published checkpoint <size> with <n> cosignatures`` (``re-published`` for the later ones).
 
 Sequencing never waits for this: a checkpoint that misses its quorum is retried (with the then
 newest checkpoint, after a back-off), and the last published checkpoint keeps serving
@@ -70,6 +81,10 @@ class WitnessCollector:
         self._client = client
         self._own_client = client is None
         self._sizes: dict[str, int] = {}
+        self._stored_sizes: dict[str, int] = {}
+        self._turns = {w.name: asyncio.Lock() for w in self._witnesses}
+        self._newest_push: dict[str, int] = {}
+        self._late: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self.ahead: dict[str, int] = {}
         """Witnesses that reported a tree larger than the log's: name -> their size."""
@@ -84,6 +99,7 @@ class WitnessCollector:
         for witness in self._witnesses:
             raw = await self._service.storage.get_meta(_size_key(witness.name))
             self._sizes[witness.name] = int(raw.decode("ascii")) if raw else 0
+            self._stored_sizes[witness.name] = self._sizes[witness.name]
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=self._timeout,
@@ -92,12 +108,14 @@ class WitnessCollector:
         self._task = asyncio.create_task(self._run(), name="witness collector")
 
     async def stop(self) -> None:
-        """Stop pushing and close the HTTP client this collector opened."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stop pushing (also to late witnesses) and close the HTTP client this collector opened."""
+        tasks = [*([self._task] if self._task is not None else []), *self._late]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._task = None
         if self._own_client and self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -125,22 +143,116 @@ class WitnessCollector:
             backoff = min(backoff * 2, self._retry_limit)
 
     async def witness(self, note: bytes, size: int) -> bool:
-        """Collect cosignatures for one checkpoint; publish and return True if the quorum is met."""
-        outcomes = await asyncio.gather(*(self._push(w, note, size) for w in self._witnesses))
-        signatures = [s for o in outcomes for s in o.signatures]
-        parsed = parse_note(note)
-        merged = format_note(Note(parsed.text, parsed.signatures + tuple(signatures)))
-        try:
-            verify_checkpoint(self._policy, merged)
-        except MerkleError as exc:
-            failed = ", ".join(f"{o.witness}: {o.error}" for o in outcomes if o.error)
-            log.info("checkpoint %d not yet witnessed (%s) %s", size, exc, failed)
-            return False
-        await self._service.storage.put_cosigned_checkpoint(size, merged)
-        self._service.publish(merged)
-        return True
+        """Collect cosignatures for one checkpoint; publish it as soon as the quorum is met.
 
-    async def _push(self, witness: PolicyWitness, note: bytes, size: int) -> WitnessOutcome:
+        Requires ``note`` to be the log's signed checkpoint of ``size``. Pushes to every witness
+        at once and checks the merged note against the policy after each answer. Returns True
+        once the quorum is met and the cosigned note is stored and published, without waiting
+        for the remaining witnesses (their answers are merged later, see the module docstring);
+        returns False when every witness has answered and the quorum is not met.
+
+        Raises StorageError (storing the note or reading a proof), MerkleError, LookupError.
+        """
+        for witness in self._witnesses:
+            self._newest_push[witness.name] = max(self._newest_push.get(witness.name, 0), size)
+        proofs: dict[tuple[int, int], asyncio.Task[list[bytes]]] = {}
+        pending = {
+            asyncio.create_task(self._push(w, note, size, proofs), name=f"push to {w.name}")
+            for w in self._witnesses
+        }
+        parsed = parse_note(note)
+        collected: list[NoteSignature] = []
+        errors: list[str] = []
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                fresh = False
+                failures = [e for t in done if (e := t.exception()) is not None]
+                if failures:
+                    raise failures[0]
+                for task in done:
+                    outcome = task.result()
+                    collected.extend(outcome.signatures)
+                    fresh = fresh or bool(outcome.signatures)
+                    if outcome.error:
+                        errors.append(f"{outcome.witness}: {outcome.error}")
+                if not fresh:
+                    continue
+                merged = format_note(Note(parsed.text, parsed.signatures + tuple(collected)))
+                try:
+                    verify_checkpoint(self._policy, merged)
+                except MerkleError:
+                    continue
+                await self._service.storage.put_cosigned_checkpoint(size, merged)
+                self._service.publish(merged)
+                log.debug("published checkpoint %d with %d cosignatures", size, len(collected))
+                if pending:
+                    self._finish_later(parsed, size, collected, pending)
+                    pending = set()
+                await self._store_sizes()
+                return True
+        finally:
+            for task in pending:
+                task.cancel()
+        log.info("checkpoint %d not yet witnessed (quorum not met) %s", size, ", ".join(errors))
+        await self._store_sizes()
+        return False
+
+    def _finish_later(
+        self,
+        parsed: Note,
+        size: int,
+        collected: list[NoteSignature],
+        pending: set[asyncio.Task[WitnessOutcome]],
+    ) -> None:
+        """Merge the answers of witnesses still working on a published checkpoint."""
+
+        async def finish() -> None:
+            try:
+                outcomes = await asyncio.gather(*pending)
+                late = [s for o in outcomes for s in o.signatures]
+                published = self._service.published
+                if late and published is not None and published.checkpoint.tree_size == size:
+                    signatures = parsed.signatures + tuple(collected) + tuple(late)
+                    merged = format_note(Note(parsed.text, signatures))
+                    await self._service.storage.put_cosigned_checkpoint(size, merged)
+                    self._service.publish(merged)
+                    log.debug(
+                        "re-published checkpoint %d with %d cosignatures",
+                        size,
+                        len(collected) + len(late),
+                    )
+                await self._store_sizes()
+            except (StorageError, MerkleError, LookupError) as exc:
+                log.warning("late cosignatures for size %d not stored: %s", size, exc)
+            finally:
+                for task in pending:
+                    task.cancel()
+
+        task = asyncio.create_task(finish(), name=f"late cosignatures of {size}")
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def _push(
+        self,
+        witness: PolicyWitness,
+        note: bytes,
+        size: int,
+        proofs: dict[tuple[int, int], asyncio.Task[list[bytes]]],
+    ) -> WitnessOutcome:
+        """Push one checkpoint to one witness when its turn comes (one request at a time)."""
+        async with self._turns[witness.name]:
+            if self._newest_push.get(witness.name, 0) > size:
+                return WitnessOutcome(witness.name, (), "superseded by a newer checkpoint")
+            return await self._push_now(witness, note, size, proofs)
+
+    async def _push_now(
+        self,
+        witness: PolicyWitness,
+        note: bytes,
+        size: int,
+        proofs: dict[tuple[int, int], asyncio.Task[list[bytes]]],
+    ) -> WitnessOutcome:
         metrics = self._service.metrics
         name = witness.name
         for _ in range(3):
@@ -156,7 +268,7 @@ class WitnessCollector:
                 self._service.sequencer.refuse(reason)
                 return WitnessOutcome(name, (), "witness is ahead of the log")
             try:
-                body = await self._request_body(old, size, note)
+                body = await self._request_body(old, size, note, proofs)
                 assert self._client is not None
                 response = await self._client.post(
                     witness.url.rstrip("/") + "/add-checkpoint",  # type: ignore[union-attr]
@@ -173,7 +285,7 @@ class WitnessCollector:
                 if their is None:
                     metrics.witness_failures.labels(name, "bad-409").inc()
                     return WitnessOutcome(name, (), "409 without a valid size")
-                await self._remember(name, their)
+                self._remember(name, their)
                 continue
             if response.status_code != 200:
                 metrics.witness_failures.labels(name, str(response.status_code)).inc()
@@ -194,20 +306,38 @@ class WitnessCollector:
             if not good:
                 metrics.witness_failures.labels(name, "bad-cosignature").inc()
                 return WitnessOutcome(name, (), "cosignature does not verify")
-            await self._remember(name, size)
+            self._remember(name, size)
             metrics.cosignatures.labels(name).inc()
             return WitnessOutcome(name, good)
         return WitnessOutcome(name, (), "witness kept answering 409")
 
-    async def _remember(self, name: str, size: int) -> None:
+    def _remember(self, name: str, size: int) -> None:
+        """Take ``size`` as the witness's size now; :meth:`_store_sizes` writes it later."""
         self._sizes[name] = size
         self._service.metrics.witness_size.labels(name).set(size)
-        await self._service.storage.put_meta(_size_key(name), str(size).encode("ascii"))
 
-    async def _request_body(self, old: int, size: int, note: bytes) -> bytes:
+    async def _store_sizes(self) -> None:
+        """Write the witnesses' sizes that changed since they were last stored."""
+        for name, size in list(self._sizes.items()):
+            if self._stored_sizes.get(name) != size:
+                await self._service.storage.put_meta(_size_key(name), str(size).encode("ascii"))
+                self._stored_sizes[name] = size
+
+    async def _request_body(
+        self,
+        old: int,
+        size: int,
+        note: bytes,
+        proofs: dict[tuple[int, int], asyncio.Task[list[bytes]]],
+    ) -> bytes:
+        """The add-checkpoint body; witnesses at the same size share one proof read."""
         proof: list[bytes] = []
         if 0 < old < size:
-            proof = await self._service.reader.consistency_proof(old, size)
+            task = proofs.get((old, size))
+            if task is None:
+                task = asyncio.ensure_future(self._service.reader.consistency_proof(old, size))
+                proofs[(old, size)] = task
+            proof = await asyncio.shield(task)
         lines = [f"old {old}\n".encode()]
         lines += [base64.b64encode(h) + b"\n" for h in proof]
         lines.append(b"\n")
