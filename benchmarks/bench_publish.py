@@ -69,7 +69,9 @@ ORIGIN = "bench.example/publish"
 QUORUM = 2
 WITNESSES = 3
 SYNTHETIC_STEPS = 10
-PUBLISHED_LINE = re.compile(rb"server\.witnessing: published checkpoint (\d+) ")
+PUBLISHED_LINE = re.compile(
+    rb"server\.witnessing: published checkpoint (\d+) with \d+ cosignatures, ([0-9.]+) ms after"
+)
 
 
 def free_port() -> int:
@@ -138,6 +140,7 @@ class PublicationWatch:
     """The log's standard error, read as it arrives: when each size was first published."""
 
     published: dict[int, float] = field(default_factory=dict)
+    rounds: dict[int, float] = field(default_factory=dict)
     largest: int = -1
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tail: list[bytes] = field(default_factory=list)
@@ -152,6 +155,7 @@ class PublicationWatch:
                 continue
             size = int(match.group(1))
             self.published.setdefault(size, now)
+            self.rounds.setdefault(size, float(match.group(2)) / 1e3)
             if size > self.largest:
                 self.largest = size
                 self.changed.set()
@@ -246,6 +250,10 @@ class RoundResult:
     publication: list[float]
     witness: list[float]
     cosignatures: list[int]
+    pushes: list[float]
+    """With ``--watch hook``: for checkpoints published at their own size, the log's time from
+    its first push to the publication (the rest of ``publication`` is the commit reaching the
+    collector, a wait for the previous round, and the debug line's trip to this process)."""
     load_before: float
     load_after: float
 
@@ -281,6 +289,7 @@ async def run_round(setup: Setup, args: argparse.Namespace) -> RoundResult:
     publication: list[float] = []
     witness: list[float] = []
     cosignatures: list[int] = []
+    pushes: list[float] = []
     bodies = [body for log in setup.synthetic for body in log.bodies]
     async with started(setup) as running:
         assert running.policy is not None
@@ -317,6 +326,8 @@ async def run_round(setup: Setup, args: argparse.Namespace) -> RoundResult:
                     witness.append(elapsed)
                     _, verified = open_note(served.body, setup.witness_verifiers)
                     cosignatures.append(len(verified))
+                    if size in running.watch.rounds:
+                        pushes.append(running.watch.rounds[size])
                 await asyncio.sleep(args.gap_ms / 1000)
         except BaseException:
             print("log's last lines:", *running.watch.tail[-10:], sep="\n  ", file=sys.stderr)
@@ -324,7 +335,7 @@ async def run_round(setup: Setup, args: argparse.Namespace) -> RoundResult:
         finally:
             await log.aclose()
             await direct.aclose()
-    return RoundResult(publication, witness, cosignatures, load_before, os.getloadavg()[0])
+    return RoundResult(publication, witness, cosignatures, pushes, load_before, os.getloadavg()[0])
 
 
 def summarize(result: RoundResult) -> dict[str, float]:
@@ -337,16 +348,25 @@ def summarize(result: RoundResult) -> dict[str, float]:
     }
     figures["beyond_p50"] = figures["publish_p50"] - figures["witness_p50"]
     figures["beyond_p99"] = figures["publish_p99"] - figures["witness_p99"]
+    if result.pushes:
+        figures["pushes_p50"] = statistics.median(result.pushes) * 1e3
+        figures["pushes_p99"] = percentile(result.pushes, 0.99) * 1e3
     return figures
 
 
 def line(name: str, figures: dict[str, float]) -> str:
     """One report line of ``summarize`` figures."""
+    pushes = (
+        f" | first push -> published p50 {figures['pushes_p50']:5.2f} ms  p99 "
+        f"{figures['pushes_p99']:6.2f} ms"
+        if "pushes_p50" in figures
+        else ""
+    )
     return (
         f"{name:<10} publication p50 {figures['publish_p50']:6.2f} ms  p99 "
         f"{figures['publish_p99']:6.2f} ms | witness add-checkpoint p50 "
         f"{figures['witness_p50']:5.2f} ms  p99 {figures['witness_p99']:6.2f} ms | beyond: "
-        f"p50 {figures['beyond_p50']:6.2f} ms  p99 {figures['beyond_p99']:6.2f} ms"
+        f"p50 {figures['beyond_p50']:6.2f} ms  p99 {figures['beyond_p99']:6.2f} ms" + pushes
     )
 
 

@@ -16,7 +16,8 @@ tree-size order: a request still waiting for its turn when a newer checkpoint is
 same witness is dropped, so a slow witness is always sent the newest checkpoint next. Each
 witness's size is kept in memory at once and written to storage after publication (it only
 saves a ``409`` round trip after a restart). Every publication is logged at debug level as
-``published checkpoint <size> with <n> cosignatures`` (``re-published`` for the later ones).
+``published checkpoint <size> with <n> cosignatures, <t> ms after the pushes began``
+(``re-published ...`` for the later ones).
 
 Sequencing never waits for this: a checkpoint that misses its quorum is retried (with the then
 newest checkpoint, after a back-off), and the last published checkpoint keeps serving
@@ -33,6 +34,7 @@ import base64
 import contextlib
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 import httpx
@@ -155,6 +157,7 @@ class WitnessCollector:
         """
         for witness in self._witnesses:
             self._newest_push[witness.name] = max(self._newest_push.get(witness.name, 0), size)
+        began = time.perf_counter()
         proofs: dict[tuple[int, int], asyncio.Task[list[bytes]]] = {}
         pending = {
             asyncio.create_task(self._push(w, note, size, proofs), name=f"push to {w.name}")
@@ -185,7 +188,12 @@ class WitnessCollector:
                     continue
                 await self._service.storage.put_cosigned_checkpoint(size, merged)
                 self._service.publish(merged)
-                log.debug("published checkpoint %d with %d cosignatures", size, len(collected))
+                log.debug(
+                    "published checkpoint %d with %d cosignatures, %.2f ms after the pushes began",
+                    size,
+                    len(collected),
+                    (time.perf_counter() - began) * 1e3,
+                )
                 if pending:
                     self._finish_later(parsed, size, collected, pending)
                     pending = set()
