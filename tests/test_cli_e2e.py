@@ -244,3 +244,48 @@ def test_monitor_and_audit(
     audit = etch(capsys, "audit", *common, "--json")
     assert audit.status == 0, audit.err
     assert audit.json()["entries"] >= len(submitted)
+
+
+def test_envelope_for_curl_then_offline_verification(
+    deployment: Deployment, submitted: list[int], capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The README's curl path: a signed envelope, a plain HTTP POST, the receipt and entry
+    fetched over HTTP, and ``etch verify`` of the receipt offline."""
+    import base64
+
+    import httpx
+
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({
+        "iss": "https://as.e2e.example", "jti": "curl-0001", "iat": int(time.time()),
+        "type": "token-revoked", "client_id": "web", "token_ref": REF, "reason": "user",
+    }))
+    run = etch(capsys, "submit", str(event), "--key", str(deployment.submitter_key),
+               "--envelope-only")
+    assert run.status == 0, run.err
+    envelope = json.loads(run.out)
+    assert set(envelope) == {"event", "signature"}
+    credential = deployment.submitter_credential.read_text().strip()
+    response = httpx.post(
+        f"{deployment.url}/v1/events", content=run.out.encode(), timeout=15,
+        headers={"Authorization": f"Bearer {credential}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 201, response.text
+    index = response.json()["index"]
+    receipt = httpx.get(f"{deployment.url}/v1/receipt/{index}", timeout=15)
+    assert receipt.status_code == 200
+    (tmp_path / "r.tlog-proof").write_bytes(receipt.content)
+    reader = deployment.reader_credential.read_text().strip()
+    entry = httpx.get(f"{deployment.url}/v1/entries/{index}", timeout=15,
+                      headers={"Authorization": f"Bearer {reader}"})
+    assert entry.status_code == 200, entry.text
+    (tmp_path / "entry.bin").write_bytes(base64.b64decode(entry.json()["entry"]))
+    run = etch(capsys, "verify", str(tmp_path / "r.tlog-proof"), "--vkey-file",
+               str(deployment.vkey_file), "--entry", str(tmp_path / "entry.bin"))
+    assert run.status == 0, run.err
+    # The same receipt does not verify for other bytes.
+    (tmp_path / "other.bin").write_bytes(b"\x00" + (tmp_path / "entry.bin").read_bytes())
+    run = etch(capsys, "verify", str(tmp_path / "r.tlog-proof"), "--vkey-file",
+               str(deployment.vkey_file), "--entry", str(tmp_path / "other.bin"))
+    assert run.status == 1

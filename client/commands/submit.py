@@ -44,6 +44,7 @@ EPILOG = """examples:
       etch submit --issuer https://as.example.com --key as-prod.key --credential-file as-prod.cred
   etch submit event.json --key .etch/demo/demo.key --credential-file .etch/demo/credential \\
       -o event.tlog-proof --json
+  etch submit event.json --key .etch/demo/demo.key --envelope-only > envelope.json   # for curl
 
 exit status: 0 logged and verified, 1 refused by the log or the answer does not verify, 2 usage
 """
@@ -68,6 +69,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--issuer", metavar="ISS", help="fill iss when the event has none")
     parser.add_argument("-o", "--output", metavar="FILE", help="write the receipt here")
+    parser.add_argument(
+        "--envelope-only",
+        action="store_true",
+        help="print the signed request body and send nothing (for curl or another client)",
+    )
     add_log_arguments(parser)
     parser.set_defaults(func=_run)
 
@@ -138,7 +144,7 @@ def _problem(response: httpx.Response) -> str:
 def _run(args: argparse.Namespace) -> int:
     from client.emitter import ReceiptError, load_signing_key, sign_event, verify_result
 
-    if not args.credential_file:
+    if not args.credential_file and not args.envelope_only:
         print("etch submit: --credential-file (the submitter's credential) is required",
               file=sys.stderr)
         return EXIT_USAGE
@@ -160,6 +166,10 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"etch submit: the event cannot be encoded: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.envelope_only:
+        envelope = {"event": event, "signature": encode_base64(signature)}
+        sys.stdout.write(json.dumps(envelope, separators=(",", ":")) + "\n")
+        return EXIT_OK
 
     async def body(client: LogClient) -> int:
         url = f"{client.url}/v1/events"
