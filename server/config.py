@@ -9,9 +9,9 @@ else in Etch reads the environment: the entry point passes ``os.environ`` to
 TOML key            environment           flag                      default
 ==================  ====================  ========================  ==========================
 data_dir            ETCH_DATA_DIR         --data-dir                ``etch-data`` (see below)
-host                ETCH_HOST             --host                    ``127.0.0.1``
-port                ETCH_PORT             --port                    ``8080`` (0: any free port)
-database_url        ETCH_DATABASE_URL     --database-url            ``<data_dir>/log.db``
+host                ETCH_HOST             --host (or --listen)      ``127.0.0.1``
+port                ETCH_PORT             --port (or --listen)      ``8080`` (0: any free port)
+database_url        ETCH_DATABASE_URL     --database(-url)          ``<data_dir>/log.db``
 origin              ETCH_ORIGIN           --origin                  ``localhost/etch/log``
 batch_size          ETCH_BATCH_SIZE       --batch-size              ``1000`` entries
 batch_period_ms     ETCH_BATCH_PERIOD_MS  --batch-period-ms         ``200`` ms
@@ -458,10 +458,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     (``--batch-size`` -> ``batch_size``) and ``config`` for ``--config``.
     """
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--listen",
+        dest="listen",
+        metavar="HOST:PORT",
+        help="listen address and port in one flag (sets host and port; [::1]:8080 for IPv6)",
+    )
     limits = parser.add_argument_group("event limits")
     for option in _OPTIONS:
         group = limits if option.in_limits else parser
-        group.add_argument(option.flag, dest=option.name, metavar="VALUE", help=option.help)
+        flags = [option.flag]
+        if option.name == "database_url":
+            flags.append("--database")
+        group.add_argument(*flags, dest=option.name, metavar="VALUE", help=option.help)
+
+
+def _split_listen(raw: str) -> dict[str, object]:
+    """Split ``--listen HOST:PORT`` into checked host and port values (ConfigError otherwise)."""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host:
+        _fail("--listen", "must be HOST:PORT, e.g. 127.0.0.1:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return {
+        "host": _checked(_BY_NAME["host"], host, "--listen"),
+        "port": _checked(_BY_NAME["port"], port, "--listen"),
+    }
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -484,6 +506,9 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             _fail(config_source, str(error))
         values.update(_from_toml(path))
     values.update(_from_environ(environ))
+    listen = getattr(args, "listen", None)
+    if listen is not None:
+        values.update(_split_listen(listen))
     values.update(_from_args(args))
     limit_values = {key: values.pop(key) for key in list(values) if _BY_NAME[key].in_limits}
     try:

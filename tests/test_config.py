@@ -127,9 +127,28 @@ max_batch_events = 50
     assert (from_env.limits.max_depth, from_env.limits.max_entry_bytes) == (4, 5)
     assert from_env.limits.max_items == DEFAULT_LIMITS.max_items
 
-    argv = ["--data-dir", "f", "--host", "localhost", "--port", "7", "--batch-size", "8",
-            "--batch-period-ms", "9", "--origin", "flag.example/x", "--log-level", "error",
-            "--policy-file", "q", "--database-url", "postgres://h/db", "--max-items", "10"]
+    argv = [
+        "--data-dir",
+        "f",
+        "--host",
+        "localhost",
+        "--port",
+        "7",
+        "--batch-size",
+        "8",
+        "--batch-period-ms",
+        "9",
+        "--origin",
+        "flag.example/x",
+        "--log-level",
+        "error",
+        "--policy-file",
+        "q",
+        "--database-url",
+        "postgres://h/db",
+        "--max-items",
+        "10",
+    ]
     from_flags = load_settings(argv, {})
     assert (from_flags.data_dir, from_flags.host, from_flags.port) == (Path("f"), "localhost", 7)
     assert (from_flags.batch_size, from_flags.batch_period_ms) == (8, 9)
@@ -165,7 +184,20 @@ def test_config_flag_beats_etch_config(tmp_path: Path) -> None:
 
 
 STRICT_INTEGER_REFUSALS = [
-    "+5", "-5", " 5", "5 ", "05", "00", "5_000", "٥", "５", "0x10", "", "1e3", "5.0", "1" * 30,
+    "+5",
+    "-5",
+    " 5",
+    "5 ",
+    "05",
+    "00",
+    "5_000",
+    "٥",
+    "５",
+    "0x10",
+    "",
+    "1e3",
+    "5.0",
+    "1" * 30,
 ]
 
 
@@ -306,3 +338,31 @@ def test_serve_arguments_fit_a_larger_command_line() -> None:
     help_text = serve.format_help()
     for flag in ("--config", "--data-dir", "--database-url", "--max-entry-bytes"):
         assert flag in help_text
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        ("127.0.0.1:9001", "127.0.0.1", 9001),
+        ("[::1]:9002", "::1", 9002),
+        ("0.0.0.0:0", "0.0.0.0", 0),
+    ],
+)
+def test_listen_sets_host_and_port(listen: str, host: str, port: int) -> None:
+    settings = load_settings(["--listen", listen], {})
+    assert (settings.host, settings.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    "listen", ["9000", ":80", "127.0.0.1:+5", "127.0.0.1:05", "127.0.0.1:70000", "127.0.0.1:"]
+)
+def test_listen_is_strict(listen: str) -> None:
+    with pytest.raises(ConfigError, match="--listen"):
+        load_settings(["--listen", listen], {})
+
+
+def test_port_flag_wins_over_listen_and_database_is_an_alias() -> None:
+    settings = load_settings(["--listen", "127.0.0.1:9001", "--port", "9005"], {})
+    assert settings.port == 9005
+    settings = load_settings(["--database", "/tmp/etch-alias.db"], {})
+    assert settings.database == "/tmp/etch-alias.db"
