@@ -316,8 +316,13 @@ async def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
 # -- lookups --------------------------------------------------------------------------------
 
 
-async def build_log(data_dir: Path, size: int, batch: int = 1000) -> list[str]:
-    """Fill a log of ``size`` event leaves through the sequencer; return every 97th token ref."""
+def sample_refs(size: int) -> list[str]:
+    """Return the token reference of every 97th event of a log built by :func:`build_log`."""
+    return [str(make_event("lookup", i)["token_ref"]) for i in range(0, size, 97)]
+
+
+async def build_log(data_dir: Path, size: int, batch: int = 1000) -> None:
+    """Fill a log up to ``size`` event leaves through the sequencer (resuming a partial one)."""
     key = load_or_create_log_key(data_dir, ORIGIN)
     storage = open_storage(str(data_dir / "log.db"))
     service = LogService(
@@ -325,7 +330,6 @@ async def build_log(data_dir: Path, size: int, batch: int = 1000) -> list[str]:
     )
     await service.start()
     signature = bytes(64)
-    sample: list[str] = []
     try:
         start = service.tree_size
         pending: list[asyncio.Task[Any]] = []
@@ -333,18 +337,17 @@ async def build_log(data_dir: Path, size: int, batch: int = 1000) -> list[str]:
             submissions = []
             for i in range(first, min(size, first + batch)):
                 event = make_event("lookup", i)
-                data = encode_event_leaf("bench", encode_deterministic(event), signature, i)
+                log_time = (NOW - 86_400) * 1000 + i  # a day ago, one millisecond apart
+                data = encode_event_leaf("bench", encode_deterministic(event), signature, log_time)
                 submissions.append(
                     Submission(
                         data,
                         leaf_hash(data),
                         idempotency_key=f"bench\x00{event['jti']}",
                         lookup_keys=event_lookup_keys(event),
-                        log_time=NOW * 1000 + i,
+                        log_time=log_time,
                     )
                 )
-                if i % 97 == 0:
-                    sample.append(str(event["token_ref"]))
             pending.append(asyncio.create_task(service.submit(submissions)))
             if len(pending) >= 3:
                 await pending.pop(0)
@@ -352,7 +355,6 @@ async def build_log(data_dir: Path, size: int, batch: int = 1000) -> list[str]:
             await task
     finally:
         await service.stop()
-    return sample
 
 
 def _free_port() -> int:
@@ -439,10 +441,11 @@ async def drive(
 def bench_lookup(args: argparse.Namespace) -> dict[str, Any]:
     """Build the large log, serve it, and compare token-ref lookups with the empty GET."""
     with tempfile.TemporaryDirectory(prefix="etch-bench-lookup-") as tmp:
-        data_dir = Path(tmp) / "data"
+        data_dir = args.lookup_dir or Path(tmp) / "data"
         started = time.perf_counter()
-        refs = asyncio.run(build_log(data_dir, args.lookup_size))
+        asyncio.run(build_log(data_dir, args.lookup_size))
         build_seconds = time.perf_counter() - started
+        refs = sample_refs(args.lookup_size)
         random.shuffle(refs)
         paths = [f"/v1/lookup?token_ref={ref}" for ref in refs[:5000]]
 
@@ -497,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lookup-size", type=int, default=1_000_000)
     parser.add_argument("--lookup-seconds", type=float, default=30.0, help="over all rounds")
     parser.add_argument("--lookup-concurrency", type=int, default=16)
+    parser.add_argument(
+        "--lookup-dir", type=Path, help="keep the large log here and reuse it on later runs"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-lookup", action="store_true")

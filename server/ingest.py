@@ -737,9 +737,10 @@ def create_oauth_app(
         limits=limits,
         intake=layer,
         read_guard=layer.read_guard,
-        extra_routes=layer.routes(),
         openapi=layer.openapi,
         manage_service=manage_service,
     )
+    # Matched first: lookups are the busiest of these reads, and no engine path is reused.
+    app.router.routes[:0] = layer.routes()
     app.state.oauth = layer
     return app
