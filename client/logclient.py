@@ -108,7 +108,7 @@ from merkle.cosignature import cosignature_timestamp
 from merkle.errors import MalformedError, MerkleError, NoteError, PolicyError, ProofError
 from merkle.hashing import HASH_SIZE, leaf_hash
 from merkle.note import Note, decode_base64, encode_base64, parse_note, parse_verifier
-from merkle.policy import Policy, parse_policy, verify_checkpoint
+from merkle.policy import Policy, parse_policy, verify_checkpoint, verify_parsed_checkpoint
 from merkle.receipt import Receipt, format_receipt, parse_receipt
 from merkle.tiles import ENTRIES_LEVEL, TILE_WIDTH, Tile, format_entry_bundle, format_tile_path
 from merkle.tree import Node, verify_consistency, verify_inclusion
@@ -1024,7 +1024,9 @@ def verify_receipt_file(
             )
         entry, source = receipt.extra, "receipt extra"
     try:
-        checkpoint, note = verify_checkpoint(policy, receipt.checkpoint)
+        # The receipt parsed its note and checkpoint once, strictly: verify those values.
+        checkpoint, note = receipt.parsed_checkpoint, receipt.note
+        verify_parsed_checkpoint(policy, note, checkpoint)
         if receipt.index >= checkpoint.tree_size:
             raise ProofError(
                 f"index {receipt.index} is not below the tree size {checkpoint.tree_size}"

@@ -103,6 +103,10 @@ class Checkpoint:
             _check_line(line, what=f"checkpoint extension line {number}")
 
 
+_new_checkpoint = object.__new__
+_set = object.__setattr__
+
+
 def parse_checkpoint(text: str) -> Checkpoint:
     """Parse checkpoint note text (the note text only, without signatures).
 
@@ -129,7 +133,15 @@ def parse_checkpoint(text: str) -> Checkpoint:
         raise MalformedError(
             f"checkpoint root hash is {len(root_hash)} bytes, expected {HASH_SIZE}"
         )
-    return Checkpoint(origin, tree_size, root_hash, tuple(extensions))
+    for number, line in enumerate(extensions, 1):
+        _check_line(line, what=f"checkpoint extension line {number}")
+    # Every field is checked above as ``Checkpoint.__post_init__`` would: build it directly.
+    checkpoint = _new_checkpoint(Checkpoint)
+    _set(checkpoint, "origin", origin)
+    _set(checkpoint, "tree_size", tree_size)
+    _set(checkpoint, "root_hash", root_hash)
+    _set(checkpoint, "extensions", tuple(extensions))
+    return checkpoint
 
 
 def format_checkpoint(checkpoint: Checkpoint) -> str:

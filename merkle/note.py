@@ -253,6 +253,9 @@ class Note:
 
 _new = object.__new__
 _set = object.__setattr__
+# Key names that passed check_key_name: a verifier sees the same few names on every note.
+_checked_names: set[str] = set()
+_CHECKED_NAMES_LIMIT = 1024
 
 
 def _parsed_signature(name: str, key_id: bytes, signature: bytes) -> NoteSignature:
@@ -290,7 +293,11 @@ def _parse_signature_line(line: str, number: int) -> NoteSignature:
         raise MalformedError(f"signature line {number}: {exc}") from None
     if len(raw) <= KEY_ID_SIZE:
         raise MalformedError(f"signature line {number} is shorter than a key ID plus a signature")
-    check_key_name(name)
+    if name not in _checked_names:
+        check_key_name(name)
+        if len(_checked_names) >= _CHECKED_NAMES_LIMIT:
+            _checked_names.clear()
+        _checked_names.add(name)
     # Checked: the name just above, a 4-byte key ID and a non-empty signature by the length.
     return _parsed_signature(name, raw[:KEY_ID_SIZE], raw[KEY_ID_SIZE:])
 

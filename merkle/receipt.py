@@ -28,6 +28,8 @@ leaves has no longer path.
 
 from __future__ import annotations
 
+import binascii
+import re
 from dataclasses import dataclass, field
 
 from merkle.checkpoint import Checkpoint, parse_checkpoint, parse_decimal
@@ -54,6 +56,16 @@ MAX_PROOF_HASHES = 63
 
 _EXTRA_PREFIX = b"extra "
 _INDEX_PREFIX = b"index "
+# A run of proof lines, each the canonical standard base64 of exactly 32 bytes: 43 alphabet
+# characters whose last one leaves its 2 padding bits zero, then "=". Every line accepted here
+# is one the line-by-line parser accepts, with the same value; anything else (a bad line, a
+# 64th hash) falls back to that parser, which names the problem.
+_PROOF_BLOCK = re.compile(
+    rb"(?:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=\n){0,%d}" % MAX_PROOF_HASHES
+)
+_a2b_base64 = binascii.a2b_base64
+_new = object.__new__
+_set = object.__setattr__
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +108,16 @@ class Receipt:
         object.__setattr__(self, "_note", note)
         object.__setattr__(self, "_parsed_checkpoint", parse_checkpoint(note.text))
 
+    @property
+    def note(self) -> Note:
+        """The checkpoint signed note, parsed (its signatures are not verified)."""
+        return self._note
+
+    @property
+    def parsed_checkpoint(self) -> Checkpoint:
+        """The checkpoint the note's text holds, parsed (not verified)."""
+        return self._parsed_checkpoint
+
 
 def _next_line(data: bytes, start: int, what: str) -> tuple[bytes, int]:
     end = data.find(b"\n", start)
@@ -132,6 +154,11 @@ def parse_receipt(data: bytes) -> Receipt:
     index = parse_decimal(
         _ascii(line[len(_INDEX_PREFIX) :], "index"), what="receipt index", maximum=MAX_TREE_SIZE - 1
     )
+    block = _PROOF_BLOCK.match(data, pos)
+    end = block.end() if block is not None else pos
+    if data[end : end + 1] == b"\n":
+        lines = data[pos : end - 1].split(b"\n") if end > pos else []
+        return _parsed_receipt(index, tuple(map(_a2b_base64, lines)), data[end + 1 :], extra)
     proof: list[bytes] = []
     while True:
         line, pos = _next_line(data, pos, "empty separator")
@@ -145,7 +172,28 @@ def parse_receipt(data: bytes) -> Receipt:
                 f"receipt proof hash {len(proof) + 1} is {len(node)} bytes, expected {HASH_SIZE}"
             )
         proof.append(node)
-    return Receipt(index, tuple(proof), data[pos:], extra)
+    return _parsed_receipt(index, tuple(proof), data[pos:], extra)
+
+
+def _parsed_receipt(
+    index: int, proof: tuple[bytes, ...], checkpoint: bytes, extra: bytes | None
+) -> Receipt:
+    """Build a Receipt from fields :func:`parse_receipt` has checked, then parse its note.
+
+    The parser guarantees what ``Receipt.__post_init__`` checks of the index, the proof and
+    ``extra``; the checkpoint note is parsed and checked here exactly as there. Raises
+    MalformedError for a malformed note or checkpoint text.
+    """
+    note = parse_note(checkpoint)
+    parsed = parse_checkpoint(note.text)
+    receipt = _new(Receipt)
+    _set(receipt, "index", index)
+    _set(receipt, "proof", proof)
+    _set(receipt, "checkpoint", checkpoint)
+    _set(receipt, "extra", extra)
+    _set(receipt, "_note", note)
+    _set(receipt, "_parsed_checkpoint", parsed)
+    return receipt
 
 
 def format_receipt(receipt: Receipt) -> bytes:
