@@ -278,6 +278,55 @@ async def raw_map_preparer(request: Request, event: dict[str, Value]) -> Submiss
     return Submission(data, leaf_hash(data), log_time=service.sequencer.clock.now_ms())
 
 
+TileKey = tuple[int, int]
+
+IMMUTABLE_CACHE_BYTES = 64 * 1024 * 1024
+"""Most bytes of full tiles and full entry bundles the server keeps encoded in memory."""
+
+READ_AHEAD = 8
+"""Full tiles (or entry bundles) read from storage together, as aligned blocks."""
+
+FULL_TILE_BYTES = TILE_WIDTH * HASH_SIZE
+
+
+class ImmutableCache:
+    """A least-recently-used map of immutable encoded resources, bounded in total bytes.
+
+    ``limit`` is the most bytes of values kept; a value larger than it is not kept.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """Make an empty cache of at most ``limit`` bytes."""
+        self._items: OrderedDict[TileKey, bytes] = OrderedDict()
+        self._limit = limit
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes of the values held."""
+        return self._size
+
+    def get(self, key: TileKey) -> bytes | None:
+        """Return the value of ``key`` (now the most recently used), or ``None``."""
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: TileKey, value: bytes) -> None:
+        """Keep ``value`` under ``key``, dropping the least recently used to stay in bounds."""
+        if len(value) > self._limit:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._size -= len(old)
+        self._items[key] = value
+        self._size += len(value)
+        while self._size > self._limit:
+            _, dropped = self._items.popitem(last=False)
+            self._size -= len(dropped)
+
+
 class _Handlers:
     """Route handlers bound to one log service."""
 
@@ -294,7 +343,11 @@ class _Handlers:
         self.intake = intake
         self.read_guard = read_guard
         self.openapi_builder = openapi
-        self._bundles: OrderedDict[int, bytes] = OrderedDict()
+        # Full tiles and full entry bundles never change: their encoded bytes are kept, and a
+        # miss reads its whole aligned block of READ_AHEAD neighbours in one storage call
+        # (readers such as audits go through them in order), shared by concurrent requests.
+        self._immutable = ImmutableCache(IMMUTABLE_CACHE_BYTES)
+        self._loading: dict[TileKey, asyncio.Future[None]] = {}
 
     # -- tlog-tiles ------------------------------------------------------------------------
 
@@ -319,15 +372,68 @@ class _Handlers:
         available = size // (TILE_WIDTH**tile.level) - tile.index * TILE_WIDTH
         if available < tile.width:
             raise Problem("not-found", "the tile is beyond the tree")
-        tiles = await self.service.reader.expanded_tiles([(tile.level, tile.index)])
-        rows = tiles.get((tile.level, tile.index))
-        if rows is None or len(rows[0]) < tile.width:
-            raise Problem("unavailable", "the tile is not readable yet", retry_after=1)
-        data = b"".join(rows[0][: tile.width])
-        cache = CACHE_IMMUTABLE if tile.width == TILE_WIDTH else CACHE_SHORT
+        full = tile.width == TILE_WIDTH
+        data = await self._immutable_bytes(tile, size) if full else None
+        if data is None:
+            # A partial tile (the right edge, from the sequencer's memory when it has it), or
+            # a full one storage does not hold yet.
+            tiles = await self.service.reader.expanded_tiles([(tile.level, tile.index)])
+            rows = tiles.get((tile.level, tile.index))
+            if rows is None or len(rows[0]) < tile.width:
+                raise Problem("unavailable", "the tile is not readable yet", retry_after=1)
+            data = b"".join(rows[0][: tile.width])
+        cache = CACHE_IMMUTABLE if full else CACHE_SHORT
         return Response(
             data, media_type="application/octet-stream", headers={"Cache-Control": cache}
         )
+
+    async def _immutable_bytes(self, tile: Tile, size: int) -> bytes | None:
+        """Return the encoded bytes of a full hash tile or entry bundle of the tree of ``size``.
+
+        From the cache, else by reading the aligned block of :data:`READ_AHEAD` tiles (or
+        bundles) holding it, the full ones of the tree only, in one storage call; concurrent
+        requests for the same block wait for that one read. Returns ``None`` when storage does
+        not hold the tile (yet). Raises StorageError.
+        """
+        key = (tile.level, tile.index)
+        data = self._immutable.get(key)
+        if data is not None:
+            return data
+        first = tile.index - tile.index % READ_AHEAD
+        block = (tile.level, first)
+        loading = self._loading.get(block)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_block(tile.level, first, size))
+            self._loading[block] = loading
+            loading.add_done_callback(lambda done: self._loaded(block, done))
+        # Shielded: a request that goes away does not cancel the read the others wait for.
+        await asyncio.shield(loading)
+        return self._immutable.get(key)
+
+    def _loaded(self, block: TileKey, done: asyncio.Future[None]) -> None:
+        """Forget a finished block read; its error, if any, went to the requests awaiting it."""
+        self._loading.pop(block, None)
+        if not done.cancelled():
+            done.exception()
+
+    async def _load_block(self, level: int, first: int, size: int) -> None:
+        """Read the full tiles (or bundles) ``first`` to ``first + READ_AHEAD - 1`` of
+        ``level`` that the tree of ``size`` has, and cache their encoded bytes."""
+        full_count = size // TILE_WIDTH ** (level + 1) if level >= 0 else size // TILE_WIDTH
+        last = min(first + READ_AHEAD, full_count)
+        if last <= first:
+            return
+        if level == ENTRIES_LEVEL:
+            start = first * TILE_WIDTH
+            entries = await self.service.storage.read_entries(start, last * TILE_WIDTH)
+            for at in range(0, len(entries) - TILE_WIDTH + 1, TILE_WIDTH):
+                bundle = format_entry_bundle(entries[at : at + TILE_WIDTH])
+                self._immutable.put((level, first + at // TILE_WIDTH), bundle)
+            return
+        stored = await self.service.storage.read_tiles([(level, i) for i in range(first, last)])
+        for key, data in stored.items():
+            if len(data) == FULL_TILE_BYTES:
+                self._immutable.put(key, data)
 
     async def _entry_bundle(self, request: Request, tile: Tile, size: int) -> Response:
         if self.read_guard is not None:
@@ -336,16 +442,12 @@ class _Handlers:
         if size - start < tile.width:
             raise Problem("not-found", "the entry bundle is beyond the tree")
         full = tile.width == TILE_WIDTH
-        data = self._bundles.get(tile.index) if full else None
+        data = await self._immutable_bytes(tile, size) if full else None
         if data is None:
             entries = await self.service.storage.read_entries(start, start + tile.width)
             if len(entries) != tile.width:
                 raise Problem("unavailable", "entries are not readable yet", retry_after=1)
             data = format_entry_bundle(entries)
-            if full:
-                self._bundles[tile.index] = data
-                if len(self._bundles) > 64:
-                    self._bundles.popitem(last=False)
         headers = {
             "Cache-Control": CACHE_IMMUTABLE if full else CACHE_SHORT,
             "Vary": "Accept-Encoding",
