@@ -19,6 +19,9 @@ What is measured, in one run:
    pushing whole logs in order), as a witness serving many logs sees them.
 4. With ``--http``: 2 and 3 against a real ``python -m witness`` process over loopback with
    keep-alive. This adds uvicorn's HTTP handling and the load generator, on the same cores.
+   ``--client raw`` (the default) sends with the lean HTTP/1.1 client of
+   :mod:`benchmarks.http11`; ``--client httpx`` with httpx, whose own CPU time per request is
+   several times the witness's on a two-core machine.
 
 Checkpoints come from a virtual tree of identical leaves (every complete subtree of one height
 has the same hash), so trees of 2**40 entries cost nothing to describe; the witness cannot tell
@@ -44,6 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,6 +56,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 
+from benchmarks.http11 import Http11Client
 from merkle.checkpoint import Checkpoint, format_checkpoint
 from merkle.cosignature import CosignatureSigner, cosignature_message
 from merkle.hashing import leaf_hash, node_hash
@@ -216,6 +221,10 @@ class Poster(Protocol):
     async def __call__(self, body: bytes) -> tuple[int, bytes]: ...
 
 
+Witnessing = Callable[[Path, Sequence[LogRun]], AbstractAsyncContextManager[Poster]]
+"""Starts a witness for the given logs and yields a :class:`Poster` to it."""
+
+
 def asgi_poster(app: Starlette) -> Poster:
     """Drive the ASGI application directly: the whole witness app, no client library."""
 
@@ -250,6 +259,16 @@ def asgi_poster(app: Starlette) -> Poster:
 
         await app(scope, receive, send)
         return status, bytes(answer)
+
+    return post
+
+
+def http11_poster(client: Http11Client) -> Poster:
+    """POST with the lean HTTP/1.1 client of :mod:`benchmarks.http11` (over a real socket)."""
+
+    async def post(body: bytes) -> tuple[int, bytes]:
+        answer = await client.request("POST", "/add-checkpoint", body)
+        return answer.status, answer.body
 
     return post
 
@@ -301,8 +320,14 @@ def write_log_list(directory: Path, logs: Sequence[LogRun]) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def over_http(directory: Path, logs: Sequence[LogRun]) -> AsyncIterator[Poster]:
-    """A ``python -m witness`` process on a free loopback port, and a keep-alive client."""
+async def over_http(
+    directory: Path, logs: Sequence[LogRun], kind: str = "raw"
+) -> AsyncIterator[Poster]:
+    """A ``python -m witness`` process on a free loopback port, and a keep-alive client.
+
+    ``kind`` is the client that sends the timed requests: ``"raw"``
+    (:class:`benchmarks.http11.Http11Client`) or ``"httpx"``.
+    """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -322,7 +347,14 @@ async def over_http(directory: Path, logs: Sequence[LogRun]) -> AsyncIterator[Po
                     if (await client.get("/healthz")).status_code == 200:
                         break
                 await asyncio.sleep(0.05)
-            yield httpx_poster(client)
+            if kind == "httpx":
+                yield httpx_poster(client)
+            else:
+                lean = Http11Client(str(client.base_url), max_connections=64, timeout=30.0)
+                try:
+                    yield http11_poster(lean)
+                finally:
+                    await lean.aclose()
     finally:
         process.terminate()
         await process.wait()
@@ -378,12 +410,17 @@ async def main_async(args: argparse.Namespace) -> None:
             f"add-checkpoint, {PROOF_HASHES}-hash proofs, durable SQLite; "
             f"{count * args.steps} requests over {count} logs; {os.cpu_count()} CPUs"
         )
-        runs = [("in process", in_process, 1), ("in process", in_process, args.clients)]
+
+        def http(directory: Path, logs: Sequence[LogRun]) -> AbstractAsyncContextManager[Poster]:
+            return over_http(directory, logs, args.client)
+
+        runs: list[tuple[str, Witnessing, int]] = [
+            ("in process", in_process, 1),
+            ("in process", in_process, args.clients),
+        ]
         if args.http:
-            runs += [
-                ("uvicorn + loopback", over_http, 1),
-                ("uvicorn + loopback", over_http, args.clients),
-            ]
+            where = f"uvicorn + loopback, {args.client}"
+            runs += [(where, http, 1), (where, http, args.clients)]
         for number, (where, make, clients) in enumerate(runs):
             # The unavoidable work is timed right before each run, under the same load.
             work = unavoidable(directory, logs[number % len(logs)], args.repeat)
@@ -406,6 +443,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--repeat", type=int, default=2000, help="samples per unit of work")
     parser.add_argument("--http", action="store_true", help="also measure a real process")
+    parser.add_argument(
+        "--client", choices=("raw", "httpx"), default="raw", help="HTTP client of --http"
+    )
     parser.add_argument("--dir", default=None, help="directory for the databases")
     asyncio.run(main_async(parser.parse_args()))
 
