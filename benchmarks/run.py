@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "emitter": ["benchmarks.bench_emitter"],
     "ingest": ["benchmarks.bench_ingest"],
     "witness": ["benchmarks.bench_witness", "--http"],
+    "publish": ["benchmarks.bench_publish"],
     "client": ["benchmarks.bench_client"],
     "server": ["benchmarks.bench_server"],
 }
