@@ -44,6 +44,8 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\Z")
 _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _DECIMAL = re.compile(rb"(?:0|[1-9][0-9]{0,15})\Z")
+# Octets not allowed in a header value: controls other than tab, and DEL.
+_CONTROL_BYTES = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[^\r\n]*)?\Z")
 
 
@@ -87,7 +89,7 @@ def _parse_head(head: bytes) -> tuple[int, int, list[tuple[bytes, bytes]]]:
         if not colon or not _HEADER_NAME.match(name):
             raise httpx.RemoteProtocolError("malformed header line")
         value = value.strip(b" \t")
-        if any((c < 0x20 and c != 0x09) or c == 0x7F for c in value):
+        if len(value.translate(None, _CONTROL_BYTES)) != len(value):
             raise httpx.RemoteProtocolError("control character in a header value")
         headers.append((name, value))
     return int(match.group(1)), int(match.group(2)), headers
