@@ -1056,17 +1056,16 @@ def _cosigners(policy: Policy, note: Note) -> tuple[Cosigner, ...]:
     Requires ``note`` to have passed :func:`merkle.policy.verify_checkpoint`, which verified
     every signature by a known key (a failing one raises), so matching (name, key ID) suffices.
     """
-    witnesses = {(w.verifier.name, w.verifier.key_id): w for w in policy.witnesses}
     found: dict[str, Cosigner] = {}
     for signature in note.signatures:
-        witness = witnesses.get((signature.name, signature.key_id))
-        if witness is None or witness.name in found:
+        name = policy.witness_name(signature.name, signature.key_id)
+        if name is None or name in found:
             continue
         try:
             stamp = cosignature_timestamp(signature)
         except MalformedError:
             continue
-        found[witness.name] = Cosigner(witness.name, signature.name, stamp)
+        found[name] = Cosigner(name, signature.name, stamp)
     return tuple(found.values())
 
 

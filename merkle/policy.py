@@ -246,6 +246,13 @@ class Policy:
             {(w.verifier.name, w.verifier.key_id): w.name for w in self.witnesses},
         )
 
+    def witness_name(self, key_name: str, key_id: bytes) -> str | None:
+        """Return the policy name of the witness whose key has this key name and key ID.
+
+        ``None`` when no witness of the policy has that key (for example the log's own key).
+        """
+        return self._witness_names.get((key_name, key_id))
+
     def is_satisfied(self, cosigners: Collection[str]) -> bool:
         """Report whether the witnesses named ``cosigners`` (policy names) meet the quorum.
 
