@@ -22,8 +22,8 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Final, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Final, TypeVar
 
 from server.storage.base import (
     MAX_TILE_LEVEL,
@@ -195,13 +195,27 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+_Call = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+
+
 class _Worker:
-    """One thread owning one ``sqlite3`` connection; every call on the connection runs there."""
+    """One thread owning one ``sqlite3`` connection; every call on the connection runs there.
+
+    Calls made during one turn of the event loop travel to the thread together and run there
+    one after the other, in order: a busy server pays one thread wake-up (and one GIL hand-over
+    back) per group of concurrent reads instead of one per read.
+    """
 
     def __init__(self, name: str) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._conn: sqlite3.Connection | None = None
+        self._batch: list[_Call] | None = None
         self.in_flight = 0
+
+    @property
+    def collecting(self) -> bool:
+        """Tell whether calls are being grouped for the next trip to the thread."""
+        return self._batch is not None
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the worker thread and return its result.
@@ -210,11 +224,59 @@ class _Worker:
         ``sqlite3`` error.
         """
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._batch is None:
+            self._batch = []
+            loop.call_soon(self._dispatch, loop)
+        self._batch.append((fn, future))
         self.in_flight += 1
         try:
-            return await loop.run_in_executor(self._executor, self._invoke, fn)
+            return await future
         finally:
             self.in_flight -= 1
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send the grouped calls to the thread; settle their futures when they are done."""
+        batch, self._batch = self._batch or [], None
+        try:
+            done = self._executor.submit(self._invoke_all, [fn for fn, _ in batch])
+        except RuntimeError:  # the executor was shut down: the storage is closed
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StorageError("storage is closed"))
+            return
+        done.add_done_callback(
+            lambda finished: loop.call_soon_threadsafe(self._settle, batch, finished)
+        )
+
+    def _invoke_all(
+        self, calls: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[tuple[bool, Any]]:
+        """Run each call in order on this thread; return (succeeded, result or exception)."""
+        outcomes: list[tuple[bool, Any]] = []
+        for fn in calls:
+            try:
+                outcomes.append((True, self._invoke(fn)))
+            except Exception as exc:  # handed to the caller's future
+                outcomes.append((False, exc))
+        return outcomes
+
+    @staticmethod
+    def _settle(batch: list[_Call], finished: Future[list[tuple[bool, Any]]]) -> None:
+        """Set each caller's result or exception (callers that gave up are skipped)."""
+        failure = finished.exception()
+        outcomes = [] if failure is not None else finished.result()
+        for index, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if failure is not None:
+                future.set_exception(failure)
+                continue
+            succeeded, value = outcomes[index]
+            if succeeded:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def _invoke(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -369,9 +431,12 @@ class SQLiteStorage:
         return self._writer
 
     def _read(self) -> _Worker:
-        """Return the reader with the fewest calls in flight."""
+        """Return a reader grouping calls for its next trip, else the one with fewest in flight."""
         if not self._readers:
             raise StorageError("storage is not open")
+        for reader in self._readers:
+            if reader.collecting:
+                return reader
         return min(self._readers, key=_in_flight)
 
     # -- the sequencer's state and commit --------------------------------------------------
