@@ -38,6 +38,7 @@ __all__ = [
     "TreeReader",
     "expand_tile",
     "hashes_for_nodes",
+    "inclusion_path",
     "inclusion_proofs",
 ]
 
@@ -45,6 +46,7 @@ TileKey = tuple[int, int]
 FULL_TILE_BYTES = TILE_WIDTH * HASH_SIZE
 _NODE_PREFIX = b"\x01"  # RFC 6962 §2.1 interior node hash prefix
 _EDGE_CACHE_LIMIT = 64
+_FOLD_CACHE_LIMIT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,10 @@ def hashes_for_nodes(
     return out
 
 
+class _TileNotInMemory(Exception):  # noqa: N818 (internal signal, never escapes this module)
+    """A tile a proof needs is neither cached nor on the in-memory edge."""
+
+
 def _complete_node_hash(
     level: int, index: int, expanded: Callable[[TileKey], ExpandedTile]
 ) -> bytes:
@@ -137,8 +143,66 @@ def _range_hash(start: int, end: int, expanded: Callable[[TileKey], ExpandedTile
     return root_from_hashes(hashes)
 
 
+Folds = dict[tuple[int, int], bytes]
+"""Right-edge subtree hashes already folded: ``(start, tree_size) -> MTH(D[start:tree_size])``.
+
+A value depends only on the log's leaves (immutable), so a reader may keep them across requests.
+"""
+
+
+def _sibling_hash(
+    level: int,
+    sibling: int,
+    tree_size: int,
+    expanded: Callable[[TileKey], ExpandedTile],
+    folds: Folds | None,
+) -> bytes:
+    """Return the hash of node ``sibling`` at ``level``: a stored node, or a right-edge fold."""
+    if (sibling + 1) << level <= tree_size:
+        return _complete_node_hash(level, sibling, expanded)
+    start = sibling << level
+    if folds is None:
+        return _range_hash(start, tree_size, expanded)
+    value = folds.get((start, tree_size))
+    if value is None:
+        value = _range_hash(start, tree_size, expanded)
+        if len(folds) >= _FOLD_CACHE_LIMIT:
+            folds.clear()
+        folds[(start, tree_size)] = value
+    return value
+
+
+def inclusion_path(
+    index: int,
+    tree_size: int,
+    expanded: Callable[[TileKey], ExpandedTile],
+    folds: Folds | None = None,
+) -> list[bytes]:
+    """Return PATH(index, D[tree_size]) (RFC 6962 §2.1.1), read from expanded tiles.
+
+    One leaf's case of :func:`inclusion_proofs` (see there for the level-by-level view), without
+    its bookkeeping for ranges. ``folds`` memoizes right-edge subtree hashes across calls.
+    Requires ``0 <= index < tree_size``. Raises ValueError otherwise, and LookupError when a
+    tile lacks a node.
+    """
+    if not 0 <= index < tree_size:
+        raise ValueError(f"index {index} is not inside a tree of size {tree_size}")
+    proof = []
+    level = 0
+    while (1 << level) < tree_size:
+        sibling = (index >> level) ^ 1
+        if sibling << level < tree_size:
+            proof.append(_sibling_hash(level, sibling, tree_size, expanded, folds))
+        level += 1
+    return proof
+
+
 def inclusion_proofs(
-    first: int, count: int, tree_size: int, expanded: Callable[[TileKey], ExpandedTile]
+    first: int,
+    count: int,
+    tree_size: int,
+    expanded: Callable[[TileKey], ExpandedTile],
+    folds: Folds | None = None,
 ) -> list[tuple[bytes, ...]]:
     """Return PATH(i, D[tree_size]) for every ``i`` in ``[first, first + count)``, in order.
 
@@ -149,7 +213,8 @@ def inclusion_proofs(
     build_inclusion_proof` over :func:`merkle.tree.inclusion_nodes`, but each distinct sibling
     is read (or, on the right edge, folded) once for the whole range: consecutive leaves share
     all but their lowest siblings, so a range costs about ``count * log2(tree_size)`` list
-    appends instead of that many node computations.
+    appends instead of that many node computations. ``folds`` memoizes right-edge subtree
+    hashes across calls.
 
     Requires ``0 <= first``, ``count >= 0`` and ``first + count <= tree_size``; ``expanded``
     returns the expanded tile that holds a node (as in :func:`hashes_for_nodes`).
@@ -158,11 +223,12 @@ def inclusion_proofs(
     end = first + count
     if first < 0 or count < 0 or end > tree_size:
         raise ValueError(f"range [{first}, {end}) is not inside a tree of size {tree_size}")
+    if count == 1:
+        return [tuple(inclusion_path(first, tree_size, expanded, folds))]
     proofs: list[list[bytes]] = [[] for _ in range(count)]
     level = 0
     while (1 << level) < tree_size:
         last = (tree_size - 1) >> level  # the rightmost node of this level
-        complete = tree_size >> level  # nodes below this index are complete
         node = first >> level
         position = 0
         while position < count:
@@ -170,10 +236,7 @@ def inclusion_proofs(
             run_end = min(((node + 1) << level) - first, count)
             sibling = node ^ 1
             if sibling <= last:
-                if sibling < complete:
-                    value = _complete_node_hash(level, sibling, expanded)
-                else:
-                    value = _range_hash(sibling << level, tree_size, expanded)
+                value = _sibling_hash(level, sibling, tree_size, expanded, folds)
                 for proof in proofs[position:run_end]:
                     proof.append(value)
             position = run_end
@@ -201,6 +264,7 @@ class TreeReader:
         self._cache_size = cache_tiles
         self._edge = edge or (lambda: None)
         self._edge_rows: dict[TileKey, tuple[bytes, ExpandedTile]] = {}
+        self._folds: Folds = {}
 
     def _cached(self, key: TileKey) -> ExpandedTile | None:
         rows = self._cache.get(key)
@@ -270,10 +334,62 @@ class TreeReader:
         """Return the root of the stored tree at ``tree_size`` computed from tiles."""
         return root_from_hashes(await self.node_hashes(root_nodes(tree_size)))
 
+    def _in_memory(self) -> Callable[[TileKey], ExpandedTile]:
+        """Return a tile lookup that uses only the cache and the in-memory edge.
+
+        It raises ``_TileNotInMemory`` for any other tile; each tile is looked up once.
+        """
+        edge = self._edge()
+        rows_of: dict[TileKey, ExpandedTile] = {}
+
+        def in_memory(key: TileKey) -> ExpandedTile:
+            rows = rows_of.get(key)
+            if rows is None:
+                rows = self._cached(key)
+                if rows is None and edge is not None and key in edge.tiles:
+                    rows = self._expand_edge(key, edge.tiles[key])
+                if rows is None:
+                    raise _TileNotInMemory(key)
+                rows_of[key] = rows
+            return rows
+
+        return in_memory
+
     async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
-        """Return PATH(index, D[tree_size]). Requires ``0 <= index < tree_size`` <= stored size."""
+        """Return PATH(index, D[tree_size]). Requires ``0 <= index < tree_size`` <= stored size.
+
+        When every tile the path needs is cached (or on the in-memory edge), the proof is read
+        straight from them with :func:`inclusion_path`; otherwise the missing tiles are read
+        from storage in one call first. Raises what :func:`merkle.tree.inclusion_nodes` raises
+        for a bad index or size, and ``LookupError`` when a tile lacks a node.
+        """
+        if type(index) is int and type(tree_size) is int and 0 <= index < tree_size:
+            try:
+                return inclusion_path(index, tree_size, self._in_memory(), self._folds)
+            except _TileNotInMemory:
+                pass
         nodes = inclusion_nodes(index, tree_size)
         return build_inclusion_proof(index, tree_size, await self.node_hashes(nodes))
+
+    async def leaf_and_inclusion_proof(
+        self, index: int, tree_size: int
+    ) -> tuple[bytes, list[bytes]]:
+        """Return the leaf hash at ``index`` and PATH(index, D[tree_size]).
+
+        The leaf hash sits in the level-0 tile the path reads anyway, so in the common case
+        (every tile in memory) both come from one pass. Requirements and errors as
+        :meth:`inclusion_proof`.
+        """
+        if type(index) is int and type(tree_size) is int and 0 <= index < tree_size:
+            in_memory = self._in_memory()
+            try:
+                proof = inclusion_path(index, tree_size, in_memory, self._folds)
+                return _complete_node_hash(0, index, in_memory), proof
+            except _TileNotInMemory:
+                pass
+        proof = await self.inclusion_proof(index, tree_size)
+        (leaf,) = await self.node_hashes([Node(0, index)])
+        return leaf, proof
 
     async def consistency_proof(self, first_size: int, second_size: int) -> list[bytes]:
         """Return PROOF(first_size, D[second_size]). Requires ``0 <= first <= second``."""

@@ -1,4 +1,4 @@
-"""Batched inclusion proofs from tiles (server.treeview.inclusion_proofs) against merkle.tree.
+"""Inclusion proofs from tiles (server.treeview) against merkle.tree, batched and by the reader.
 
 The reference is the three-step path of :mod:`merkle.tree` (``inclusion_nodes``, the node
 hashes read from the same tiles, ``build_inclusion_proof``); every proof is also verified with
@@ -9,11 +9,14 @@ tied to RFC 6962 and not only to each other.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from merkle.errors import MalformedError
 from merkle.hashing import leaf_hash
 from merkle.tiles import extend_tiles
 from merkle.tree import (
@@ -23,10 +26,14 @@ from merkle.tree import (
     root_nodes,
     verify_inclusion,
 )
+from server.storage.base import Storage
 from server.treeview import (
+    EdgeTiles,
     ExpandedTile,
+    TreeReader,
     expand_tile,
     hashes_for_nodes,
+    inclusion_path,
     inclusion_proofs,
 )
 
@@ -75,14 +82,19 @@ def _tree(size: int) -> _Tree:
     return tree
 
 
+FOLDS: dict[tuple[int, int], bytes] = {}  # shared by every check: keys carry the tree size
+
+
 def _check(size: int, first: int, count: int) -> None:
     tree = _tree(size)
     proofs = inclusion_proofs(first, count, size, tree.expanded)
     assert len(proofs) == count
+    assert inclusion_proofs(first, count, size, tree.expanded, FOLDS) == proofs
     root = tree.root()
     for offset, proof in enumerate(proofs):
         index = first + offset
         assert proof == tree.reference(index), (size, index)
+        assert inclusion_path(index, size, tree.expanded, FOLDS) == list(proof)
         verify_inclusion(LEAVES[index], index, size, proof, root)
 
 
@@ -124,6 +136,12 @@ def test_a_range_outside_the_tree_is_refused(first: int, count: int) -> None:
         inclusion_proofs(first, count, 5, _tree(5).expanded)
 
 
+@pytest.mark.parametrize("index", [-1, 5, 6])
+def test_a_leaf_outside_the_tree_is_refused(index: int) -> None:
+    with pytest.raises(ValueError, match="not inside a tree"):
+        inclusion_path(index, 5, _tree(5).expanded)
+
+
 def test_a_missing_node_raises_lookup_error() -> None:
     tree = _tree(1000)
 
@@ -133,3 +151,62 @@ def test_a_missing_node_raises_lookup_error() -> None:
 
     with pytest.raises(LookupError, match="not in stored tile"):
         inclusion_proofs(900, 10, 1000, truncated)
+
+
+class _TileStore:
+    """The part of Storage a TreeReader uses: ``read_tiles``, counting the calls."""
+
+    def __init__(self, tiles: dict[TileKey, bytes]) -> None:
+        self.tiles = tiles
+        self.reads = 0
+
+    async def read_tiles(self, keys: Sequence[TileKey]) -> dict[TileKey, bytes]:
+        self.reads += 1
+        return {key: self.tiles[key] for key in keys if key in self.tiles}
+
+
+def _reader(store: _TileStore, edge: EdgeTiles | None = None) -> TreeReader:
+    return TreeReader(cast(Storage, store), edge=lambda: edge)
+
+
+def _edge_of(tree: _Tree) -> EdgeTiles:
+    partial = {key: data for key, data in tree.tiles.items() if len(data) < 256 * 32}
+    return EdgeTiles(tree.size, partial)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("with_edge", [False, True])
+async def test_reader_proofs_match_the_reference_cold_and_cached(with_edge: bool) -> None:
+    tree = _tree(70_000)
+    store = _TileStore(tree.tiles)
+    reader = _reader(store, _edge_of(tree) if with_edge else None)
+    indexes = [0, 1, 255, 256, 65_535, 65_536, 69_999, 12_345]
+    for index in indexes:
+        assert await reader.inclusion_proof(index, 70_000) == list(tree.reference(index))
+    reads = store.reads
+    for index in indexes:  # the full tiles are cached now
+        assert await reader.inclusion_proof(index, 70_000) == list(tree.reference(index))
+    if with_edge:
+        assert store.reads == reads  # everything came from the cache and the edge
+    for index in (0, 40_000):  # a smaller tree of the same log
+        assert await reader.inclusion_proof(index, 65_537) == list(_tree(65_537).reference(index))
+
+
+@pytest.mark.anyio
+async def test_reader_follows_a_changed_edge() -> None:
+    small, large = _tree(3_000), _tree(3_300)
+    store = _TileStore(small.tiles)
+    edge = _edge_of(small)
+    reader = TreeReader(cast(Storage, store), edge=lambda: edge)
+    assert await reader.inclusion_proof(2_999, 3_000) == list(small.reference(2_999))
+    store.tiles = large.tiles
+    edge = _edge_of(large)
+    for index in (2_999, 3_299):
+        assert await reader.inclusion_proof(index, 3_300) == list(large.reference(index))
+
+
+@pytest.mark.anyio
+async def test_reader_refuses_a_bad_index_as_merkle_does() -> None:
+    reader = _reader(_TileStore(_tree(5).tiles))
+    with pytest.raises(MalformedError):
+        await reader.inclusion_proof(5, 5)
