@@ -901,6 +901,114 @@ async def _pg_disk(url: str) -> dict[str, int]:
     return {"pg_total_relation_size": int(tables), "pg_database_size": int(database)}
 
 
+# -- report ------------------------------------------------------------------------------------
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _ok(passed: bool) -> str:
+    return "yes" if passed else "**no**"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """Return the Markdown tables of a results file written with ``--json``."""
+    sections: dict[str, Any] = results["sections"]
+    machine = results["machine"]
+    out = [
+        f"Machine: {machine['nproc']} cores, {machine['cpu_model']}, {machine['memory_gib']} GiB;"
+        f" Python {machine['python']}, uvicorn {machine['uvicorn']}, Starlette"
+        f" {machine['starlette']}. Run started {results['started']}, {results['minutes']} min.",
+        "",
+    ]
+    submit = {k.split("/")[1]: v for k, v in sections.items() if k.startswith("submit/")}
+    if submit:
+        out += [
+            "| backend | period ms | baseline req/s | Etch req/s | ratio (runs) | target 0.50 |"
+            " CPU ms/req base / Etch (+db) | Etch p50 / p99 / max ms | p99 target | receipts"
+            " verified |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for backend, curve in submit.items():
+            for period, x in curve.items():
+                db = f" (+{x['etch_db_cpu_ms']:.3f})" if x["etch_db_cpu_ms"] else ""
+                out.append(
+                    f"| {backend} | {period} | {_fmt(x['baseline_rps'])} | {_fmt(x['etch_rps'])}"
+                    f" | {x['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in x['ratios'])})"
+                    f" | {_ok(x['ratio'] >= 0.5)}"
+                    f" | {x['baseline_cpu_ms']:.3f} / {x['etch_cpu_ms']:.3f}{db}"
+                    f" | {x['etch_p50_ms']:.0f} / {x['etch_p99_ms']:.0f} / {x['etch_max_ms']:.0f}"
+                    f" | {x['p99_target_ms']} {_ok(x['etch_p99_ms'] <= x['p99_target_ms'])}"
+                    f" | {x['verified']:,}, {x['verification_failures']} bad |"
+                )
+        out.append("")
+    batch = {k.split("/")[1]: v for k, v in sections.items() if k.startswith("batch/")}
+    if batch:
+        out += [
+            "| backend | events/s, 1,000-event batches, 60 s | target 8,000 | server CPU ms/event"
+            " (+db) | events/s with every receipt verified | receipts verified |",
+            "|---|---|---|---|---|---|",
+        ]
+        for backend, x in batch.items():
+            db = f" (+{x['db_cpu_ms_per_event']:.3f})" if x["db_cpu_ms_per_event"] > 0.001 else ""
+            out.append(
+                f"| {backend} | {_fmt(x['sustained_events_per_s'])}"
+                f" | {_ok(x['sustained_events_per_s'] >= 8000)}"
+                f" | {x['server_cpu_ms_per_event']:.3f}{db} | {_fmt(x['verified_events_per_s'])}"
+                f" | {x['verified']:,}, {x['verification_failures']} bad |"
+            )
+        out.append("")
+    reads = {k.split("/")[1]: v for k, v in sections.items() if k.startswith("reads/")}
+    if reads:
+        out += [
+            "| backend | read | tool | GET req/s | Etch req/s | ratio (runs) | target |"
+            " CPU ms/req GET / Etch | Etch p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for backend, x in reads.items():
+            for kind, target in (("proof", 0.6), ("tile", 0.8)):
+                y = x[kind]
+                out.append(
+                    f"| {backend} | {kind} | load (verified) | {_fmt(y['baseline_rps'])}"
+                    f" | {_fmt(y['etch_rps'])}"
+                    f" | {y['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in y['ratios'])})"
+                    f" | {target} {_ok(y['ratio'] >= target)}"
+                    f" | {y['baseline_cpu_ms']:.3f} / {y['etch_cpu_ms']:.3f}"
+                    f" | {y['etch_p99_ms']:.0f} |"
+                )
+                if "wrk" in x:
+                    w = x["wrk"]
+                    out.append(
+                        f"| {backend} | {kind} | wrk | {_fmt(w['get_rps'])}"
+                        f" | {_fmt(w[kind + '_rps'])} | {w[kind + '_ratio']:.2f}"
+                        f" | {target} {_ok(w[kind + '_ratio'] >= target)} | | |"
+                    )
+            build = x["build"]
+            out.append(
+                f"| {backend} | (log of {x['tree_size']:,} built in-process in"
+                f" {build['seconds']:.0f} s, {build['rate']:,.0f}/s; start-up with full"
+                f" verification {x['startup_seconds']:.0f} s; RSS after the reads"
+                f" {x['rss_kb_after'] / 1024:.0f} MiB) | | | | | | | |"
+            )
+        out.append("")
+    growth = {k.split("/")[1]: v for k, v in sections.items() if k.startswith("growth/")}
+    if growth:
+        out += [
+            "| backend | RSS MiB at tree size | final size (minutes) | disk bytes/entry |",
+            "|---|---|---|---|",
+        ]
+        for backend, x in growth.items():
+            marks = ", ".join(
+                f"{m['rss_mib']:.0f} @ {m['tree_size'] / 1e6:.2f}M" for m in x["rss_by_size"]
+            )
+            disk = ", ".join(f"{k} {v:,.0f}" for k, v in x["disk_bytes_per_entry"].items())
+            out.append(
+                f"| {backend} | {marks} | {x['final_tree_size']:,} ({x['minutes']:g}) | {disk} |"
+            )
+    return "\n".join(out)
+
+
 # -- command line ------------------------------------------------------------------------------
 
 
@@ -927,6 +1035,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, help="keep data here (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     sub = parser.add_subparsers(dest="command")
+    report = sub.add_parser("report", help="print the Markdown tables of a --json results file")
+    report.add_argument("results", type=Path)
     build = sub.add_parser("build", help="grow a log in-process to --entries entries")
     build.add_argument("--data-dir", type=Path, required=True)
     build.add_argument("--database-url")
@@ -938,6 +1048,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the chosen phases (or ``build``) and print the summary; exit 1 if a check failed."""
     args = build_parser().parse_args(argv)
+    if args.command == "report":
+        print(render_markdown(json.loads(args.results.read_text())))
+        return 0
     if args.command == "build":
         settings = Settings(
             data_dir=args.data_dir,
