@@ -85,6 +85,7 @@ same figures as a value.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import atexit
 import collections
@@ -534,14 +535,14 @@ def _now_ms() -> int:
 # --------------------------------------------------------------------------- waiters
 
 
-class _Waiter:
+class _Waiter(abc.ABC):
     """Completion of one durable emit: resolved by the writer thread exactly once."""
 
     __slots__ = ()
 
+    @abc.abstractmethod
     def resolve(self, error: EmitterError | None) -> None:
         """Report the commit (``error`` None) or why the event was not stored."""
-        raise NotImplementedError
 
 
 class _ThreadWaiter(_Waiter):
