@@ -188,10 +188,22 @@ def inclusion_path(
     if not 0 <= index < tree_size:
         raise ValueError(f"index {index} is not inside a tree of size {tree_size}")
     proof = []
+    rows: ExpandedTile = ()
+    rows_key: TileKey | None = None
     level = 0
     while (1 << level) < tree_size:
         sibling = (index >> level) ^ 1
-        if sibling << level < tree_size:
+        if (sibling + 1) << level <= tree_size:
+            # A stored node: eight levels share a tile, so look the tile up once for them.
+            tile_level, sub = divmod(level, TILE_HEIGHT)
+            tile_index, offset = divmod(sibling, TILE_WIDTH >> sub)
+            if rows_key != (tile_level, tile_index):
+                rows_key = (tile_level, tile_index)
+                rows = expanded(rows_key)
+            if sub >= len(rows) or offset >= len(rows[sub]):
+                raise LookupError(f"node ({level}, {sibling}) is not in stored tile {rows_key}")
+            proof.append(rows[sub][offset])
+        elif sibling << level < tree_size:
             proof.append(_sibling_hash(level, sibling, tree_size, expanded, folds))
         level += 1
     return proof

@@ -151,6 +151,8 @@ def test_a_missing_node_raises_lookup_error() -> None:
 
     with pytest.raises(LookupError, match="not in stored tile"):
         inclusion_proofs(900, 10, 1000, truncated)
+    with pytest.raises(LookupError, match="not in stored tile"):
+        inclusion_path(899, 1000, truncated)
 
 
 class _TileStore:
