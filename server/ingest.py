@@ -18,6 +18,23 @@ Submissions (``POST /v1/events``, ``POST /v1/events/batch``)
     answers 409 ``jti-conflict`` and logs nothing. This check runs after the sequencer has
     answered (comparing with the stored entry), so it holds for concurrent submissions too.
 
+Batch-signed submissions (``POST /v1/events/signed-batch``)
+    The same authentication, rate limit, secret scan and validation, but the events are
+    attributed by one signature per batch (:mod:`client.batchsig`, body format in
+    :mod:`server.signed_batch`): the submitter signed the RFC 6962 root of its batch of event
+    encodings, and each event carries its index and inclusion path. The signature is verified
+    once per request with the submitter's unexpired Ed25519 keys (422 ``bad-signature`` for the
+    whole request otherwise); each event's path must lead to the signed root (422
+    ``bad-signature`` for that event). Each event is logged as a batch event leaf
+    (:mod:`server.leaves`: the event with its index, path and the batch signature), so it stays
+    individually attributable offline (:func:`client.batchsig.verify_leaf_attribution`). The
+    answer is ``{"checkpoints": [note, ...], "results": [...]}``, each result either a problem
+    or ``{"index", "leaf_hash", "duplicate", "tree_size", "checkpoint": <position in
+    checkpoints>, "inclusion_proof", "log_time"}``; a duplicate carries ``entry`` (the stored
+    leaf, which may attribute the event through an earlier signature) instead of
+    ``log_time``. A new entry's leaf is not echoed: the submitter rebuilds it from what it sent
+    and ``log_time`` and checks it against ``leaf_hash``.
+
 SET intake (``POST /v1/sets``, RFC 8935)
     ``Content-Type: application/secevent+jwt``, the submitter's bearer credential, a compact JWS
     verified with the submitter's registered SET keys (:mod:`server.jose`). 202 Accepted on
@@ -62,6 +79,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from client.batchsig import BatchError, BatchProof, root_from_path, verify_batch_signature
 from client.tokens import is_token_ref
 from merkle.checkpoint import parse_decimal
 from merkle.errors import MalformedError
@@ -89,6 +107,7 @@ from server.events import (
 from server.jose import JoseError, verify_compact_jws
 from server.leaves import (
     LeafError,
+    encode_batch_event_leaf,
     encode_event_leaf,
     encode_set_leaf,
     event_signing_message,
@@ -99,11 +118,13 @@ from server.openapi import openapi_document
 from server.principals import RateLimiter, credential_hash, credential_matches, parse_bearer
 from server.problems import Problem
 from server.sequencer import Sequenced, SequencerStopped, Submission
+from server.signed_batch import BatchHeader, BatchItem, SignedBatchError, parse_signed_batch
 from server.storage.base import MAX_TIME_MS, OAuthStorage, Principal, StorageError
 
 __all__ = [
     "MAX_LOOKUP_LIMIT",
     "SET_MEDIA_TYPE",
+    "SIGNED_BATCH_PATH",
     "OAuthLayer",
     "OAuthSettings",
     "create_oauth_app",
@@ -113,6 +134,9 @@ log = logging.getLogger(__name__)
 
 SET_MEDIA_TYPE: Final = "application/secevent+jwt"
 """Content type of ``POST /v1/sets`` (RFC 8417 §2.3, RFC 8935 §2.1)."""
+
+SIGNED_BATCH_PATH: Final = "/v1/events/signed-batch"
+"""Where batch-signed submissions are posted."""
 
 MAX_LOOKUP_LIMIT: Final = 1000
 """Most results of one lookup page."""
@@ -314,6 +338,189 @@ class OAuthLayer:
             and encode_deterministic(old.event) == encode_deterministic(new.event)
         )
         return stored if same else None
+
+    # -- batch-signed events -----------------------------------------------------------------
+
+    def _event_keys(self, submitter: Principal, now_ms: int) -> list[bytes]:
+        """Return the raw Ed25519 event keys of ``submitter`` that have not expired."""
+        return [
+            key.public_key
+            for key in submitter.keys
+            if key.usage == "event" and (key.not_after_ms is None or key.not_after_ms >= now_ms)
+        ]
+
+    async def submit_signed_batch(self, request: Request) -> Response:
+        """``POST /v1/events/signed-batch`` (see the module docstring and
+        :mod:`server.signed_batch`).
+
+        Raises Problem for the whole request: 401/403, 415, 413, bad-json, bad-event,
+        bad-signature (the batch signature), 429, 503.
+        """
+        await self.authenticate(request)
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            raise Problem(
+                "unsupported-media-type",
+                "send application/json",
+                headers={"Accept-Post": "application/json"},
+            )
+        body = await read_body(request, self.limits.max_batch_bytes)
+        metrics = self.service.metrics.submissions
+        try:
+            header, items = parse_signed_batch(body, self.limits.max_batch_events)
+        except SignedBatchError as exc:
+            metrics.labels("refused").inc()
+            raise Problem(exc.slug, exc.detail, extra={"pointer": exc.pointer}) from None
+        await self.admit(request, len(items))
+        submitter = self._submitter(request)
+        log_time = self._now_ms()
+        try:
+            verify_batch_signature(
+                submitter.name,
+                header.size,
+                header.root,
+                header.signature,
+                self._event_keys(submitter, log_time),
+            )
+        except BatchError:
+            metrics.labels("refused").inc(len(items))
+            raise Problem(
+                "bad-signature",
+                "the batch signature does not verify with any current key of this submitter;"
+                " nothing was logged",
+                extra={"pointer": "/signature"},
+            ) from None
+        slots: list[int | dict[str, Any]] = []
+        submissions: list[Submission] = []
+        now = log_time // 1000
+        for position, item in enumerate(items):
+            try:
+                if isinstance(item, SignedBatchError):
+                    raise Problem(item.slug, item.detail, extra={"pointer": item.pointer})
+                submissions.append(
+                    self._batch_submission(submitter, header, item, position, log_time, now)
+                )
+                slots.append(len(submissions) - 1)
+            except Problem as problem:
+                slots.append(problem.to_dict())
+        refused = len(slots) - len(submissions)
+        if refused:
+            metrics.labels("refused").inc(refused)
+        try:
+            results = await self.service.submit(submissions) if submissions else []
+            answer = await self._signed_batch_answer(slots, submissions, results)
+        except (SequencerStopped, StorageError) as exc:
+            raise unavailable_problem(exc) from None
+        return Response(answer, media_type="application/json")
+
+    def _batch_submission(
+        self,
+        submitter: Principal,
+        header: BatchHeader,
+        item: BatchItem,
+        position: int,
+        log_time: int,
+        now: int,
+    ) -> Submission:
+        """Check one batch item and return its submission.
+
+        Raises Problem: forbidden-field, bad-event, bad-signature (the path does not lead to
+        the signed root), entry-too-large.
+        """
+        pointer = f"/events/{position}/event"
+        event = item.event
+        try:
+            check_no_secrets(event, pointer)
+            validate_event(event, now=now, pointer=pointer)
+            event_bytes = encode_deterministic(event)
+        except EventError as exc:
+            raise Problem(exc.slug, exc.detail, extra={"pointer": exc.pointer}) from None
+        except (UnicodeError, CodecError, RecursionError):
+            raise Problem(
+                "bad-event", "the event cannot be encoded", extra={"pointer": pointer}
+            ) from None
+        try:
+            root = root_from_path(event_bytes, item.index, header.size, item.path)
+        except BatchError:
+            root = b""
+        if root != header.root:
+            raise Problem(
+                "bad-signature",
+                "the path does not lead from this event to the signed batch root;"
+                " nothing was logged",
+                extra={"pointer": f"/events/{position}/path"},
+            )
+        proof = BatchProof(header.size, item.index, item.path, header.signature)
+        try:
+            data = encode_batch_event_leaf(
+                submitter.name, event_bytes, proof, log_time, self.limits
+            )
+        except LeafError as exc:
+            raise Problem("entry-too-large", str(exc)) from None
+        jti = event["jti"]
+        assert isinstance(jti, str)
+        return Submission(
+            data,
+            leaf_hash(data),
+            idempotency_key=f"{submitter.name}\x00{jti}",
+            lookup_keys=event_lookup_keys(event),
+            log_time=log_time,
+        )
+
+    async def _signed_batch_answer(
+        self,
+        slots: list[int | dict[str, Any]],
+        submissions: list[Submission],
+        results: list[Sequenced],
+    ) -> bytes:
+        """Return the JSON answer of a signed batch (see the module docstring).
+
+        Duplicates are compared with their stored entry (409 jti-conflict when the event
+        differs). Raises StorageError.
+        """
+        notes: dict[bytes, int] = {}
+        out: list[Any] = []
+        b64 = binascii.b2a_base64
+        for slot in slots:
+            if not isinstance(slot, int):
+                out.append(slot)
+                continue
+            submission, result = submissions[slot], results[slot]
+            position = notes.setdefault(result.checkpoint, len(notes))
+            item: dict[str, Any] = {
+                "index": result.index,
+                "leaf_hash": b64(result.leaf_hash, newline=False).decode("ascii"),
+                "duplicate": result.duplicate,
+                "tree_size": result.tree_size,
+                "checkpoint": position,
+                "inclusion_proof": [b64(h, newline=False).decode("ascii") for h in result.proof],
+                "log_time": submission.log_time,
+            }
+            if result.duplicate:
+                del item["log_time"]
+                try:
+                    item.update(await self.finish_duplicate(submission, result))
+                except Problem as problem:
+                    out.append(problem.to_dict())
+                    continue
+            out.append(item)
+        checkpoints = [note.decode("utf-8") for note in notes]
+        return json.dumps(
+            {"checkpoints": checkpoints, "results": out}, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+
+    async def finish_duplicate(self, submission: Submission, result: Sequenced) -> dict[str, Any]:
+        """Return the stored entry of a duplicate; Problem(jti-conflict) if it holds another
+        event (see :meth:`finish`). Raises StorageError."""
+        stored = await self._same_event(submission, result)
+        if stored is None:
+            raise Problem(
+                "jti-conflict",
+                "this jti was already logged for this submitter with a different event;"
+                " nothing was logged",
+                extra={"index": result.index},
+            )
+        return {"entry": _b64(stored), "leaf_hash": _b64(leaf_hash(stored))}
 
     # -- read access -------------------------------------------------------------------------
 
@@ -531,6 +738,7 @@ class OAuthLayer:
         """Return the routes the OAuth layer adds to the engine's."""
         return [
             Route("/v1/sets", self.receive_set, methods=["POST"]),
+            Route(SIGNED_BATCH_PATH, self.submit_signed_batch, methods=["POST"]),
             Route("/v1/lookup", self.lookup, methods=["GET"]),
             Route("/v1/schema/events", self.schema, methods=["GET"]),
         ]

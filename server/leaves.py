@@ -27,6 +27,17 @@ deterministic CBOR encoding of the event map alone::
 so the signature, and with it the event's attribution to its submitter, can be checked from the
 leaf alone with the submitter's public key.
 
+Batch event leaf, from ``POST /v1/events/signed-batch`` (:mod:`client.batchsig`): the submitter
+signed the RFC 6962 root of a batch of events once; the leaf carries what attributes this one
+event to that signature instead of ``signature``::
+
+    {"v": 1,
+     "batch": {"path": [h'…32 bytes…', ...], "size": 1000, "index": 17,
+               "signature": h'…64 bytes…'},   Ed25519 over the batch message
+     "event": {...}, "log_time": 1767225600123, "submitter": "as-prod"}
+
+:func:`client.batchsig.verify_leaf_attribution` checks either kind offline.
+
 Errors: :class:`LeafError` (a ``ValueError``) for bytes that are not a leaf of this format.
 """
 
@@ -37,6 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from client.batchsig import BatchError, BatchProof, encode_batch_leaf, parse_batch_proof
 from server.codec import (
     DEFAULT_LIMITS,
     CodecError,
@@ -51,6 +63,7 @@ __all__ = [
     "LEAF_VERSION",
     "Leaf",
     "LeafError",
+    "encode_batch_event_leaf",
     "encode_event_leaf",
     "encode_set_leaf",
     "event_signing_message",
@@ -68,6 +81,7 @@ SIGNATURE_SIZE: Final = 64
 
 _EVENT_KEYS: Final = frozenset({"v", "submitter", "event", "signature", "log_time"})
 _SET_KEYS: Final = frozenset({"v", "submitter", "set", "event", "log_time"})
+_BATCH_KEYS: Final = frozenset({"v", "submitter", "batch", "event", "log_time"})
 
 # Deterministic CBOR orders map keys by their encoded bytes: for text keys, shorter first, then
 # bytewise. Event leaf: v, event, log_time, signature, submitter. SET leaf: v, set, event,
@@ -92,13 +106,15 @@ class LeafError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Leaf:
-    """A decoded leaf: an event leaf has ``signature``, a SET leaf has ``set`` (the JWS)."""
+    """A decoded leaf: an event leaf has ``signature``, a SET leaf has ``set`` (the JWS), a
+    batch event leaf has ``batch`` (its proof of membership in a signed batch)."""
 
     submitter: str
     event: dict[str, Value]
     log_time: int
     signature: bytes | None = None
     set: str | None = None
+    batch: BatchProof | None = None
 
 
 def event_signing_message(event_bytes: bytes) -> bytes:
@@ -151,6 +167,23 @@ def encode_event_leaf(
     return _check_size(data, limits)
 
 
+def encode_batch_event_leaf(
+    submitter: str,
+    event_bytes: bytes,
+    proof: BatchProof,
+    log_time: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> bytes:
+    """Return the batch event leaf for an already encoded event and its batch proof.
+
+    Equal to ``encode_deterministic({"v": 1, "batch": {"path", "size", "index", "signature"},
+    "event": ..., "log_time": ..., "submitter": ...})`` (:func:`client.batchsig.
+    encode_batch_leaf`). Requires ``event_bytes`` to be the deterministic encoding of a map and
+    ``0 <= log_time < 2**64``. Raises LeafError when the leaf exceeds ``limits.max_entry_bytes``.
+    """
+    return _check_size(encode_batch_leaf(submitter, event_bytes, proof, log_time), limits)
+
+
 def encode_set_leaf(
     submitter: str,
     set_text: str,
@@ -179,7 +212,8 @@ def parse_leaf(data: bytes) -> Leaf:
     """Decode a leaf written by this log (strict deterministic CBOR) into a :class:`Leaf`.
 
     Raises LeafError for anything else: not deterministic CBOR, not a map of exactly the keys
-    of one of the two shapes, a version other than 1, or members of the wrong type.
+    of one of the three shapes, a batch member breaking the bounds of
+    :class:`client.batchsig.BatchProof`, a version other than 1, or members of the wrong type.
     """
     try:
         value = decode_deterministic(data)
@@ -188,7 +222,7 @@ def parse_leaf(data: bytes) -> Leaf:
     if not isinstance(value, dict):
         raise LeafError("not a leaf: not a map")
     keys = frozenset(value)
-    if keys not in (_EVENT_KEYS, _SET_KEYS):
+    if keys not in (_EVENT_KEYS, _SET_KEYS, _BATCH_KEYS):
         raise LeafError("not a leaf: unexpected members")
     if value["v"] != LEAF_VERSION or type(value["v"]) is not int:
         raise LeafError("unknown leaf version")
@@ -202,6 +236,12 @@ def parse_leaf(data: bytes) -> Leaf:
         if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
             raise LeafError("not a leaf: bad signature")
         return Leaf(submitter, event, log_time, signature=signature)
+    if keys == _BATCH_KEYS:
+        try:
+            proof = parse_batch_proof(value["batch"])
+        except BatchError as exc:
+            raise LeafError(f"not a leaf: {exc}") from None
+        return Leaf(submitter, event, log_time, batch=proof)
     set_text = value["set"]
     if not isinstance(set_text, str):
         raise LeafError("not a leaf: bad set")
