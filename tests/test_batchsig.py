@@ -148,7 +148,8 @@ def _leaf(size: int = 7, index: int = 3) -> tuple[bytes, bytes, BatchProof]:
     entries = events(size)
     signed = build_batch("as-prod", KEY, entries)
     proof = signed.proofs[index]
-    return encode_batch_leaf("as-prod", entries[index], proof, 1_767_225_600_123), entries[index], proof
+    entry = encode_batch_leaf("as-prod", entries[index], proof, 1_767_225_600_123)
+    return entry, entries[index], proof
 
 
 def test_leaf_encoding_is_deterministic_cbor_and_parses() -> None:
@@ -181,7 +182,8 @@ def test_single_event_batch_and_per_event_leaves_verify() -> None:
     assert proof.path == ()
     assert verify_leaf_attribution(entry, [PUBLIC]) == "as-prod"
     event_cbor = events(1)[0]
-    signed = encode_event_leaf("as-prod", event_cbor, KEY.sign(b"etch/event/v1\x00" + event_cbor), 5)
+    signature = KEY.sign(b"etch/event/v1\x00" + event_cbor)
+    signed = encode_event_leaf("as-prod", event_cbor, signature, 5)
     assert verify_leaf_attribution(signed, [PUBLIC]) == "as-prod"
     with pytest.raises(AttributionError):
         verify_leaf_attribution(signed, [OTHER])
