@@ -7,6 +7,7 @@ a logged batch leaf is tampered with and must fail verification.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from typing import Any
 
@@ -108,7 +109,7 @@ def _naive_root(entry: bytes, index: int, size: int, path: list[bytes]) -> bytes
 
     def walk(m: int, n: int, rest: list[bytes]) -> tuple[bytes, list[bytes]] | None:
         if n == 1:
-            return naive.hashlib.sha256(b"\x00" + entry).digest(), rest
+            return hashlib.sha256(b"\x00" + entry).digest(), rest
         k = naive._largest_power_of_two_below(n)
         inner = walk(m, k, rest) if m < k else walk(m - k, n - k, rest)
         if inner is None or not inner[1]:
@@ -116,7 +117,7 @@ def _naive_root(entry: bytes, index: int, size: int, path: list[bytes]) -> bytes
         node, remaining = inner
         sibling, remaining = remaining[0], remaining[1:]
         pair = node + sibling if m < k else sibling + node
-        return naive.hashlib.sha256(b"\x01" + pair).digest(), remaining
+        return hashlib.sha256(b"\x01" + pair).digest(), remaining
 
     result = walk(index, size, list(path))
     if result is None or result[1]:
