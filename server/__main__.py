@@ -4,6 +4,9 @@ With no arguments: data in ``./etch-data``, SQLite, the log's key created on fir
 listening on 127.0.0.1:8080, with the OAuth layer (:mod:`server.ingest`; ``--intake raw`` runs
 the bare engine instead). Exit status 0 after a clean shutdown, 1 when the log refuses to
 start (its stored state does not verify, its key does not match), 2 for a usage error.
+
+With ``[logs.<name>]`` tables in the configuration it serves several logs
+(:mod:`server.multilog`): the default one at ``/`` and each at ``/logs/<name>/``.
 """
 
 from __future__ import annotations
@@ -13,126 +16,87 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
-from starlette.applications import Starlette
 
-from merkle.errors import MerkleError
-from merkle.policy import Policy, parse_policy
-from server.app import create_app
-from server.cluster import build_cluster_service
-from server.config import ConfigError, Settings, load_settings
+from server.config import DEFAULT_LOG_NAME, ConfigError, Settings, load_settings
 from server.explorer import install_explorer
-from server.highwater import HighWaterMark
-from server.ingest import OAuthSettings, create_oauth_app
-from server.keys import KeyFileError, load_or_create_log_key
-from server.log import LogService
-from server.replica import ReplicaRoutedStorage
+from server.keys import KeyFileError
+from server.multilog import HostedLog, LogHost, StartupError, build_app, build_service, load_policy
 from server.sequencer import IntegrityFailure
-from server.storage import PostgresStorage, SQLiteStorage, open_storage
 from server.storage.base import StorageError
-from server.witnessing import WitnessCollector
 from server.workers import serve_workers
 
-__all__ = ["build_app", "build_service", "main", "run", "serve"]
+__all__ = ["build_app", "build_service", "load_policy", "main", "run", "serve"]
 
 log = logging.getLogger("etch.serve")
 
 
-class StartupError(Exception):
-    """The log cannot start as configured; the message says why in one line."""
-
-
-def load_policy(settings: Settings, vkey: str) -> Policy | None:
-    """Read the witness policy file, checking that it names this log. Raises StartupError."""
-    if settings.policy_file is None:
-        return None
+async def _start(start: Callable[[], Awaitable[None]], settings: Settings) -> int:
+    """Run ``start`` and return 0, or print why the log(s) cannot start and return 1."""
     try:
-        policy = parse_policy(settings.policy_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, MerkleError) as exc:
-        raise StartupError(f"policy file {settings.policy_file}: {exc}") from None
-    if not any(entry.vkey == vkey for entry in policy.logs):
-        raise StartupError(
-            f"policy file {settings.policy_file} does not list this log's key {vkey}"
-        )
-    return policy
-
-
-def build_service(settings: Settings) -> tuple[LogService, Policy | None]:
-    """Return the (unstarted) log service and its witness policy, creating the key if new.
-
-    Raises KeyFileError or StartupError.
-    """
-    key = load_or_create_log_key(settings.data_dir, settings.origin)
-    policy = load_policy(settings, key.vkey)
-    if settings.clustered:  # several processes around one PostgreSQL (server.cluster)
-        witnessed = policy is not None and policy.quorum != "none"
-        try:
-            return build_cluster_service(settings, key.signer, witnessed=witnessed), policy
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
-    storage = open_storage(settings.database)
-    service = LogService(
-        storage,
-        key.signer,
-        settings.origin,
-        batch_size=settings.batch_size,
-        batch_period=settings.batch_period_ms / 1000,
-        witnessed=policy is not None and policy.quorum != "none",
-        high_water=HighWaterMark.in_data_dir(settings.data_dir),
-    )
-    return service, policy
-
-
-def build_app(settings: Settings, service: LogService) -> Starlette:
-    """Return the app the settings ask for: the OAuth layer (default) or the raw engine.
-
-    The service's lifespan is managed by the caller.
-    """
-    if settings.intake == "raw":
-        return create_app(service, limits=settings.limits, manage_service=False)
-    storage = service.storage
-    assert isinstance(storage, SQLiteStorage | PostgresStorage | ReplicaRoutedStorage)
-    oauth = OAuthSettings(
-        public_entries=settings.public_entries,
-        public_token_ref_lookup=settings.public_token_ref_lookup,
-        submitter_rate=settings.submitter_rate,
-        submitter_burst=settings.submitter_burst,
-        set_audience=settings.set_audience,
-    )
-    return create_oauth_app(service, storage, oauth, limits=settings.limits, manage_service=False)
-
-
-async def serve(
-    settings: Settings, *, ready: asyncio.Event | None = None, sock: socket.socket | None = None
-) -> int:
-    """Start the log, serve HTTP until stopped, and return the exit status.
-
-    ``sock`` is a listening socket to accept on instead of binding ``host:port`` (workers).
-    """
-    try:
-        service, policy = build_service(settings)
-    except (KeyFileError, StartupError) as exc:
-        print(f"etch serve: {exc}", file=sys.stderr)
-        return 1
-    try:
-        await service.start()
+        await start()
     except IntegrityFailure as exc:
         print(
             f"etch serve: refusing to start, the stored log does not verify: {exc}", file=sys.stderr
         )
         return 1
+    except StartupError as exc:
+        print(f"etch serve: {exc}", file=sys.stderr)
+        return 1
     except StorageError as exc:
         print(f"etch serve: cannot open {settings.database_for_display()}: {exc}", file=sys.stderr)
         return 1
-    collector = None
-    if policy is not None:
-        collector = WitnessCollector(service, policy)
-        service.collector = collector
-        await collector.start()
-    app = build_app(settings, service)
-    install_explorer(app, service, policy)  # GET /explorer (and / redirects there)
+    return 0
+
+
+def _banner(settings: Settings, hosts: list[HostedLog], base: str) -> str:
+    """Return the start-up lines: each log's origin, state, vkey, data and checkpoint URL."""
+    lines = []
+    for hosted in hosts:
+        service = hosted.service
+        where = base if len(hosts) == 1 else f"{base}{hosted.path}"
+        state = "" if service.state == "active" else f" ({service.state})"
+        lines.append(
+            f"etch: log {service.origin} at {where}{state}\n"
+            f"      vkey {service.vkey}\n"
+            f"      data {hosted.settings.data_dir} ({hosted.settings.database_for_display()})\n"
+            f"      tree size {service.tree_size}; checkpoint {where}/checkpoint"
+        )
+    if len(hosts) > 1:
+        lines.append(f"etch: {len(hosts)} logs, listed at {base}/logs; {base}/ is the default log")
+    return "\n".join(lines)
+
+
+async def serve(
+    settings: Settings, *, ready: asyncio.Event | None = None, sock: socket.socket | None = None
+) -> int:
+    """Start the log (or every log of ``[logs.<name>]``), serve HTTP until stopped, and return
+    the exit status.
+
+    ``sock`` is a listening socket to accept on instead of binding ``host:port`` (workers).
+    """
+    try:
+        if settings.logs:
+            host = LogHost(settings)
+            hosts = list(host.logs.values())
+            starter, stopper = host.start, host.stop
+        else:
+            single = HostedLog(DEFAULT_LOG_NAME, settings)
+            hosts = [single]
+            starter, stopper = single.start, single.stop
+    except (KeyFileError, StartupError) as exc:
+        print(f"etch serve: {exc}", file=sys.stderr)
+        return 1
+    status = await _start(starter, settings)
+    if status:
+        return status
+    if settings.logs:
+        app = host.create_app()
+    else:
+        app = single.app
+        install_explorer(app, single.service, single.policy)  # GET /explorer (/ redirects)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -144,20 +108,11 @@ async def serve(
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
-    base = f"http://{settings.host}:{settings.port}"
-    print(
-        f"etch: log {settings.origin} at {base}\n"
-        f"      vkey {service.vkey}\n"
-        f"      data {settings.data_dir} ({settings.database_for_display()})\n"
-        f"      tree size {service.tree_size}; checkpoint {base}/checkpoint",
-        flush=True,
-    )
+    print(_banner(settings, hosts, f"http://{settings.host}:{settings.port}"), flush=True)
     try:
         await server.serve(sockets=None if sock is None else [sock])
     finally:
-        if collector is not None:
-            await collector.stop()
-        await service.stop()
+        await stopper()
     return 0
 
 

@@ -484,6 +484,7 @@ class _Handlers:
         return result_body(self.service, result)
 
     async def submit(self, request: Request) -> Response:
+        self.service.check_accepting()  # a frozen log refuses before reading anything
         await self.intake.authenticate(request)
         media = _media_type(request)
         body = await read_body(request, self.limits.max_body_bytes)
@@ -510,6 +511,7 @@ class _Handlers:
         return _json(answer, 200 if result.duplicate else 201)
 
     async def submit_batch(self, request: Request) -> Response:
+        self.service.check_accepting()
         await self.intake.authenticate(request)
         media = _media_type(request)
         body = await read_body(request, self.limits.max_batch_bytes)
@@ -666,6 +668,7 @@ class _Handlers:
             "status": "ok" if ok else "failing",
             "reason": reason,
             "origin": self.service.origin,
+            "state": self.service.state,
             "tree_size": self.service.tree_size,
             "published_size": published.checkpoint.tree_size if published else None,
             "warnings": self.service.warnings,

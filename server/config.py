@@ -27,6 +27,8 @@ set_audience        ETCH_SET_AUDIENCE     --set-audience            none (the or
 cluster             ETCH_CLUSTER          --cluster                 ``false`` (PostgreSQL only)
 workers             ETCH_WORKERS          --workers                 ``1`` process
 replica_url         ETCH_REPLICA_URL      --replica-url             none (reads on the primary)
+frozen              ETCH_FROZEN           --frozen                  ``false``
+successor           ETCH_SUCCESSOR        --successor               none (a ``[logs.<name>]``)
 [limits] max_...    ETCH_MAX_...          --max-...                 :data:`DEFAULT_LIMITS`
 ==================  ====================  ========================  ==========================
 
@@ -65,6 +67,23 @@ The ``[limits]`` table takes the fields of :class:`server.codec.Limits` (``max_b
   that serves reads (tiles, proofs, entries, lookups, the served checkpoint). Each needs a
   PostgreSQL ``database_url``. ``replica_url`` may hold a password, like ``database_url``.
 
+* ``[logs.<name>]`` tables host further logs in the same service (:mod:`server.multilog`),
+  each with its own origin, key, tree and witness policy: temporal shards (one log per period)
+  or one log per tenant. The top-level settings stay the *default* log, served at ``/`` and
+  listed as ``default``; log ``<name>`` is served at ``/logs/<name>/``. A table takes
+  ``origin`` (required, unique), ``data_dir`` (default ``<data_dir>/logs/<name>``, where its
+  ``log.key`` lives), ``database_url`` (default: ``<its data_dir>/log.db`` with SQLite; with a
+  PostgreSQL ``database_url`` the same database, schema ``etch_<name>`` with ``-`` written
+  ``_``), ``policy_file``, ``batch_size``, ``batch_period_ms`` (default: the top-level ones),
+  ``frozen``, ``successor`` and ``not_after``. Names are 1 to 32 lowercase letters, digits and
+  inner hyphens (``2026-h1``, ``tenant-a``); ``default`` is the top-level log's.
+* ``frozen = true`` freezes a log: it refuses submissions (``409 log-frozen``, naming its
+  ``successor`` when one is set), keeps serving reads, and publishes a final checkpoint that
+  never changes afterwards. ``not_after`` (a TOML date-time with an offset, e.g.
+  ``2026-07-01T00:00:00Z``) freezes the log at that instant without a restart. Freezing is
+  recorded in the log's storage: a frozen log stays frozen when the flag is later removed.
+  Several logs are not supported in cluster mode.
+
 Parsing is strict: unknown TOML keys, wrong TOML types, integers written as ``"+5"``, ``" 5"``,
 ``"05"``, ``"5_000"`` or with non-ASCII digits, out-of-range numbers and empty values are each a
 one-line :class:`ConfigError` naming the source (file and key, variable or flag) and never the
@@ -74,14 +93,15 @@ value. Unknown ``ETCH_*`` variables are ignored (other Etch programs have their 
 from __future__ import annotations
 
 import argparse
+import datetime
 import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Final, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from merkle.errors import MalformedError
 from merkle.note import check_key_name
@@ -89,12 +109,15 @@ from server.codec import DEFAULT_LIMITS, MAX_DEPTH_CAP, MAX_ENTRY_SIZE, Limits
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "DEFAULT_LOG_NAME",
     "DEFAULT_ORIGIN",
     "LOG_LEVELS",
     "ConfigError",
+    "LogConfig",
     "Settings",
     "add_serve_arguments",
     "load_settings",
+    "postgres_schema",
     "settings_from_args",
 ]
 
@@ -102,12 +125,15 @@ DEFAULT_DATA_DIR: Final = Path("etch-data")
 """Default data directory, relative to the working directory."""
 DEFAULT_ORIGIN: Final = "localhost/etch/log"
 """Default log origin: fine for a local trial, never for a real deployment."""
+DEFAULT_LOG_NAME: Final = "default"
+"""Name of the top-level log among several (``/logs/default``, also served at ``/``)."""
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 """Accepted ``log_level`` values (case-insensitive on input, stored lowercase)."""
 
 _DECIMAL: Final = re.compile(r"(?:0|[1-9][0-9]{0,17})\Z")
 _HOST_LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
+_LOG_NAME: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?\Z")
 
 
 class ConfigError(ValueError):
@@ -203,6 +229,21 @@ def _check_intake(raw: object) -> str:
     return raw
 
 
+def _check_log_name(raw: object) -> str:
+    """Return ``raw`` if it names a log: 1-32 of ``a-z``, ``0-9`` and inner ``-``."""
+    name = _check_text(raw)
+    if not _LOG_NAME.match(name) or "--" in name:
+        raise ValueError("must be 1 to 32 lowercase letters, digits and single inner hyphens")
+    return name
+
+
+def _check_instant(raw: object) -> datetime.datetime:
+    """Return ``raw`` (a TOML offset date-time) as an aware UTC datetime."""
+    if not isinstance(raw, datetime.datetime) or raw.tzinfo is None:
+        raise ValueError("must be a TOML date-time with an offset, e.g. 2026-07-01T00:00:00Z")
+    return raw.astimezone(datetime.UTC)
+
+
 def _check_level(raw: object) -> str:
     """Return ``raw`` lowercased if it names a logging level."""
     level = _check_text(raw).lower()
@@ -274,6 +315,8 @@ _OPTIONS: Final = (
     _Option("cluster", _check_bool, "one process of a cluster on PostgreSQL", boolean=True),
     _int_option("workers", 1, 64, "processes serving this log (cluster mode when above 1)"),
     _Option("replica_url", _check_database, "postgresql:// URL of a replica serving reads"),
+    _Option("frozen", _check_bool, "refuse submissions, keep serving reads", boolean=True),
+    _Option("successor", _check_log_name, "the log (a [logs.<name>]) that takes over when frozen"),
     _int_option("max_body_bytes", 1, _UNBOUNDED, "largest event body", in_limits=True),
     _int_option("max_depth", 1, MAX_DEPTH_CAP, "deepest event nesting", in_limits=True),
     _int_option("max_items", 1, _UNBOUNDED, "most items in an array or map", in_limits=True),
@@ -284,6 +327,89 @@ _OPTIONS: Final = (
     _int_option("max_batch_events", 1, _UNBOUNDED, "most events in a batch", in_limits=True),
 )
 _BY_NAME: Final = {option.name: option for option in _OPTIONS}
+
+
+_LOG_KEYS: Final = (
+    "origin",
+    "data_dir",
+    "database_url",
+    "policy_file",
+    "batch_size",
+    "batch_period_ms",
+    "frozen",
+    "successor",
+)
+"""Keys of a ``[logs.<name>]`` table checked like the top-level setting of the same name."""
+
+
+def postgres_schema(name: str) -> str:
+    """Return the PostgreSQL schema of log ``name``: ``etch_`` and the name, ``-`` as ``_``.
+
+    Names hold no ``_`` (see :class:`LogConfig`), so distinct names give distinct schemas.
+    Example: ``postgres_schema("2026-h1") == "etch_2026_h1"``.
+    """
+    return "etch_" + name.replace("-", "_")
+
+
+def _with_search_path(dsn: str, schema: str) -> str:
+    """Return ``dsn`` with its ``search_path`` query parameter set to ``schema``.
+
+    asyncpg sends unknown DSN query parameters to the server as session settings, so every
+    unqualified table of the storage then lives in ``schema``.
+    """
+    parts = urlsplit(dsn)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, v) for k, v in query if k != "search_path"] + [("search_path", schema)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """One ``[logs.<name>]`` table: a further log hosted by the service.
+
+    ``None`` fields take their default from the top-level :class:`Settings` (see
+    :meth:`Settings.log_settings`). ``not_after`` is an aware UTC datetime.
+    Raises ConfigError for an invalid field.
+    """
+
+    name: str
+    origin: str
+    data_dir: Path | None = None
+    database_url: str | None = field(default=None, repr=False)
+    policy_file: Path | None = None
+    batch_size: int | None = None
+    batch_period_ms: int | None = None
+    frozen: bool = False
+    successor: str | None = None
+    not_after: datetime.datetime | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            _check_log_name(self.name)
+        except ValueError as error:
+            raise ConfigError(f"logs: log name: {error}") from None
+        if self.name == DEFAULT_LOG_NAME:
+            raise ConfigError(f"logs.{self.name}: the name is the top-level log's")
+        for key in _LOG_KEYS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            raw = str(value) if isinstance(value, Path) else value
+            try:
+                checked = _BY_NAME[key].check(raw)
+            except ValueError as error:
+                raise ConfigError(f"logs.{self.name}.{key}: {error}") from None
+            if checked != value:
+                raise ConfigError(f"logs.{self.name}.{key}: must be given in canonical form")
+        if self.not_after is not None:
+            try:
+                instant = _check_instant(self.not_after)
+            except ValueError as error:
+                raise ConfigError(f"logs.{self.name}.not_after: {error}") from None
+            if instant.utcoffset() != datetime.timedelta(0) or instant != self.not_after:
+                raise ConfigError(f"logs.{self.name}.not_after: must be in UTC")
+        if self.successor == self.name:
+            raise ConfigError(f"logs.{self.name}.successor: a log cannot succeed itself")
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +439,9 @@ class Settings:
     cluster: bool = False
     workers: int = 1
     replica_url: str | None = field(default=None, repr=False)
+    frozen: bool = False
+    successor: str | None = None
+    logs: tuple[LogConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.limits, Limits):
@@ -320,7 +449,7 @@ class Settings:
         for item in fields(self):
             value = getattr(self, item.name)
             option = _BY_NAME.get(item.name)
-            optional = ("database_url", "policy_file", "set_audience", "replica_url")
+            optional = ("database_url", "policy_file", "set_audience", "replica_url", "successor")
             if option is None or (value is None and item.name in optional):
                 continue
             raw = str(value) if isinstance(value, Path) else value
@@ -330,6 +459,90 @@ class Settings:
                 raise ConfigError(f"Settings.{item.name}: {error}") from None
             if checked != value:
                 raise ConfigError(f"Settings.{item.name}: must be given in canonical form")
+        self._check_logs()
+
+    def _check_logs(self) -> None:
+        """Check the hosted logs together: unique names, origins and places; known successors."""
+        if not isinstance(self.logs, tuple) or not all(
+            isinstance(log, LogConfig) for log in self.logs
+        ):
+            raise ConfigError("Settings.logs must be a tuple of LogConfig")
+        if not self.logs:
+            return
+        if self.clustered:
+            raise ConfigError("logs: several logs do not run in cluster mode")
+        names = [DEFAULT_LOG_NAME]
+        origins = {self.origin: DEFAULT_LOG_NAME}
+        places = {self.data_dir.resolve(): DEFAULT_LOG_NAME}
+        for log in self.logs:
+            if log.name in names:
+                raise ConfigError(f"logs.{log.name}: the name is used twice")
+            names.append(log.name)
+            if log.origin in origins:
+                other = origins[log.origin]
+                raise ConfigError(f"logs.{log.name}.origin: also the origin of {other}")
+            origins[log.origin] = log.name
+            place = self.log_settings(log.name).data_dir.resolve()
+            if place in places:
+                raise ConfigError(f"logs.{log.name}.data_dir: also the data_dir of {places[place]}")
+            places[place] = log.name
+        for name, successor in [(DEFAULT_LOG_NAME, self.successor)] + [
+            (log.name, log.successor) for log in self.logs
+        ]:
+            if successor is not None and successor not in names:
+                source = "successor" if name == DEFAULT_LOG_NAME else f"logs.{name}.successor"
+                raise ConfigError(f"{source}: names no configured log")
+            if successor == name:
+                raise ConfigError("successor: a log cannot succeed itself")
+
+    @property
+    def log_names(self) -> list[str]:
+        """Return the names of every hosted log, the default (top-level) one first."""
+        return [DEFAULT_LOG_NAME] + [log.name for log in self.logs]
+
+    def log_config(self, name: str) -> LogConfig | None:
+        """Return the ``[logs.<name>]`` table, or ``None`` for the default log.
+
+        Raises KeyError for a name that no log has.
+        """
+        if name == DEFAULT_LOG_NAME:
+            return None
+        for log in self.logs:
+            if log.name == name:
+                return log
+        raise KeyError(name)
+
+    def log_settings(self, name: str) -> Settings:
+        """Return the settings of one hosted log, as if it were the only log of the service.
+
+        The default log's are these settings without ``logs``. Log ``<name>`` takes its table's
+        values, and for the rest the top-level ones, with ``data_dir`` defaulting to
+        ``<data_dir>/logs/<name>`` and the database to an SQLite file there or, when the
+        top-level database is PostgreSQL, to the same database with its tables in the schema
+        :func:`postgres_schema` names. Listen address, intake, limits and the OAuth settings
+        are the service's. Raises KeyError for an unknown name.
+        """
+        log = self.log_config(name)
+        if log is None:
+            return replace(self, logs=())
+        data_dir = log.data_dir if log.data_dir is not None else self.data_dir / "logs" / name
+        database_url = log.database_url
+        if database_url is None and self.is_postgres:
+            database_url = _with_search_path(self.database, postgres_schema(name))
+        return replace(
+            self,
+            data_dir=data_dir,
+            database_url=database_url,
+            origin=log.origin,
+            policy_file=log.policy_file,
+            batch_size=log.batch_size if log.batch_size is not None else self.batch_size,
+            batch_period_ms=(
+                log.batch_period_ms if log.batch_period_ms is not None else self.batch_period_ms
+            ),
+            frozen=log.frozen,
+            successor=log.successor,
+            logs=(),
+        )
 
     @property
     def database(self) -> str:
@@ -413,6 +626,9 @@ def _from_toml(path: Path) -> dict[str, object]:
         _fail(label, f"not valid TOML: {error}")
     values: dict[str, object] = {}
     for key, raw in document.items():
+        if key == "logs":
+            values["logs"] = _logs_from_toml(raw, label)
+            continue
         if key == "limits":
             if not isinstance(raw, dict):
                 _fail(f"{label}: limits", "must be a table")
@@ -428,6 +644,36 @@ def _from_toml(path: Path) -> dict[str, object]:
             _fail(label, f"unknown key {key}")
         values[key] = _from_toml_value(option, raw, f"{label}: {key}")
     return values
+
+
+def _logs_from_toml(raw: object, label: str) -> tuple[LogConfig, ...]:
+    """Read the ``[logs.<name>]`` tables into LogConfig values, in file order."""
+    if not isinstance(raw, dict):
+        _fail(f"{label}: logs", "must be a table of [logs.<name>] tables")
+    logs: list[LogConfig] = []
+    for name, table in raw.items():
+        try:
+            _check_log_name(name)
+        except ValueError as error:
+            _fail(f"{label}: logs", f"log name: {error}")
+        if not isinstance(table, dict):
+            _fail(f"{label}: logs.{name}", "must be a table")
+        values: dict[str, object] = {}
+        for key, value in table.items():
+            source = f"{label}: logs.{name}.{key}"
+            if key == "not_after":
+                try:
+                    values[key] = _check_instant(value)
+                except ValueError as error:
+                    _fail(source, str(error))
+            elif key in _LOG_KEYS:
+                values[key] = _from_toml_value(_BY_NAME[key], value, source)
+            else:
+                _fail(label, f"unknown key logs.{name}.{key}")
+        if "origin" not in values:
+            _fail(f"{label}: logs.{name}", "origin is required")
+        logs.append(LogConfig(name=name, **values))  # type: ignore[arg-type]
+    return tuple(logs)
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, object]:
@@ -510,7 +756,11 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     if listen is not None:
         values.update(_split_listen(listen))
     values.update(_from_args(args))
-    limit_values = {key: values.pop(key) for key in list(values) if _BY_NAME[key].in_limits}
+    limit_values = {
+        key: values.pop(key)
+        for key in list(values)
+        if key in _BY_NAME and _BY_NAME[key].in_limits
+    }
     try:
         limits = Limits(**limit_values)  # type: ignore[arg-type]
     except ValueError as error:

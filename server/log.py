@@ -7,6 +7,14 @@ Publication: without a witness policy every committed checkpoint is published at
 policy, the witness collector (:mod:`server.witnessing`) publishes a checkpoint once its quorum of
 cosignatures is met; until then the last published one keeps serving ``GET /checkpoint`` and
 receipts.
+
+Freezing (:meth:`LogService.freeze`): the log stops taking submissions (:class:`LogFrozen`, a
+``409 log-frozen`` problem naming the successor log when there is one), lets the submissions
+already in flight finish, and takes the checkpoint of its final tree (cosigned by its quorum
+when it has witnesses, which may take until they answer) as its *final checkpoint*: stored in the
+log's own storage (metadata ``frozen_checkpoint``) and from then on the only one it serves.
+At start-up a stored final checkpoint is checked against the stored tree (same origin, key,
+size and root, else :class:`server.sequencer.IntegrityFailure`) and the log starts frozen.
 """
 
 from __future__ import annotations
@@ -18,21 +26,55 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from merkle.checkpoint import Checkpoint, open_checkpoint
+from merkle.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
+from merkle.errors import MerkleError
 from merkle.note import Ed25519Signer, parse_note
 from merkle.receipt import Receipt, format_receipt
 from server.highwater import HighWaterMark
 from server.metrics import LogMetrics
-from server.sequencer import MonotonicClock, Sequenced, Sequencer, Submission
+from server.problems import Problem
+from server.sequencer import IntegrityFailure, MonotonicClock, Sequenced, Sequencer, Submission
 from server.storage.base import Storage
 from server.treeview import TreeReader
 
 if TYPE_CHECKING:
     from server.witnessing import WitnessCollector
 
-__all__ = ["LogService", "Published"]
+__all__ = ["FROZEN_META_KEY", "LogFrozen", "LogService", "Published", "Successor"]
 
 log = logging.getLogger(__name__)
+
+FROZEN_META_KEY = "frozen_checkpoint"
+"""Storage metadata key of a frozen log's final checkpoint note."""
+
+
+@dataclass(frozen=True, slots=True)
+class Successor:
+    """The log that takes the entries of a frozen one: its name, origin and URL path."""
+
+    name: str
+    origin: str
+    path: str
+
+
+class LogFrozen(Problem):
+    """A submission to a frozen log: ``409 log-frozen``, naming the successor if there is one.
+
+    Extension members: ``origin`` (this log), ``successor`` (name), ``successor_origin`` and
+    ``successor_path`` (where to submit instead), the last three only with a successor.
+    """
+
+    def __init__(self, origin: str, successor: Successor | None) -> None:
+        extra: dict[str, str] = {"origin": origin}
+        detail = f"the log {origin} is frozen: it takes no more entries"
+        if successor is not None:
+            detail += f"; submit to {successor.origin} at {successor.path}/"
+            extra.update(
+                successor=successor.name,
+                successor_origin=successor.origin,
+                successor_path=successor.path + "/",
+            )
+        super().__init__("log-frozen", detail, extra=extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +125,14 @@ class LogService:
         self._committed_size = 0
         self.sequencer.subscribe(self._on_commit)
         self.collector: WitnessCollector | None = None
+        self.successor: Successor | None = None
+        """Where submissions go once this log is frozen (named in :class:`LogFrozen`)."""
+        self._accepting = True
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._publication = asyncio.Event()
+        self._final: Published | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -104,6 +154,7 @@ class LogService:
         if published is not None:
             self._set_published(published)
             self._check_future_cosignatures(published)
+        await self._restore_final()
 
     def _check_future_cosignatures(self, note: bytes) -> None:
         """Warn when a stored cosignature is timestamped ahead of the system clock."""
@@ -143,6 +194,8 @@ class LogService:
         self._changed = asyncio.Event()
 
     def _set_published(self, note: bytes) -> None:
+        if self._final is not None:
+            return  # a frozen log serves its final checkpoint only
         checkpoint, _, _ = open_checkpoint(note, self._verifier)
         current = self._published
         if current is not None and checkpoint.tree_size < current.checkpoint.tree_size:
@@ -151,6 +204,8 @@ class LogService:
         self.metrics.published_size.set(checkpoint.tree_size)
         for listener in self._publish_listeners:
             listener(self._published)
+        self._publication.set()
+        self._publication = asyncio.Event()
 
     def publish(self, note: bytes) -> None:
         """Publish a (cosigned) checkpoint note; an older one than the current is ignored."""
@@ -189,12 +244,94 @@ class LogService:
             return False, f"witnesses have seen a larger tree than this log's ({ahead})"
         return True, "ok"
 
+    # -- freezing ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``active``, ``freezing`` (refusing, final checkpoint not yet taken) or ``frozen``."""
+        if self._final is not None:
+            return "frozen"
+        return "active" if self._accepting else "freezing"
+
+    @property
+    def final(self) -> Published | None:
+        """The final checkpoint of a frozen log, or ``None`` while it is not frozen."""
+        return self._final
+
+    def check_accepting(self) -> None:
+        """Raise LogFrozen when the log is frozen or freezing (it takes no more entries)."""
+        if not self._accepting:
+            raise LogFrozen(self.origin, self.successor)
+
+    async def freeze(self) -> Published:
+        """Freeze the log and return its final checkpoint (at once if already frozen).
+
+        Requires a started service. Refuses new submissions from the first moment, waits for
+        those in flight, then takes the checkpoint of the final tree: the committed one, or with
+        witnesses the published (cosigned) one once it covers the final tree, waiting for the
+        witnesses' quorum as long as that takes. Stores it (so the log starts frozen from then
+        on) and serves it from then on. Raises StorageError when it cannot be stored (freezing
+        may be retried).
+        """
+        self._accepting = False
+        if self._final is not None:
+            return self._final
+        while self._in_flight:
+            await self._drained.wait()
+        size = self.sequencer.tree_size
+        if not self.witnessed:
+            latest = self.latest
+            assert latest is not None, "freeze() requires a started service"
+            self._set_published(latest[0])
+        while True:
+            published = self._published
+            if published is not None and published.checkpoint.tree_size >= size:
+                break
+            await self._publication.wait()
+        await self.storage.put_meta(FROZEN_META_KEY, published.note)
+        self._final = published
+        log.info("log %s frozen at tree size %d", self.origin, size)
+        return published
+
+    async def _restore_final(self) -> None:
+        """Start frozen when storage holds a final checkpoint that matches the stored tree."""
+        note = await self.storage.get_meta(FROZEN_META_KEY)
+        if note is None:
+            return
+        committed = self.sequencer.checkpoint
+        assert committed is not None
+        try:
+            checkpoint, _, _ = open_checkpoint(note, self._verifier)
+        except MerkleError as exc:
+            raise IntegrityFailure(f"the stored final checkpoint does not verify: {exc}") from None
+        tree = parse_checkpoint(parse_note(committed).text)
+        if (checkpoint.tree_size, checkpoint.root_hash) != (tree.tree_size, tree.root_hash):
+            raise IntegrityFailure(
+                f"the log was frozen at tree size {checkpoint.tree_size}, but the stored tree"
+                f" has size {tree.tree_size} or another root"
+            )
+        self._accepting = False
+        self._published = None
+        self._set_published(note)
+        self._final = self._published
+
     # -- writes --------------------------------------------------------------------------------
 
     async def submit(self, submissions: Sequence[Submission]) -> list[Sequenced]:
-        """Append entries and wait for their commit; see :meth:`Sequencer.submit`."""
+        """Append entries and wait for their commit; see :meth:`Sequencer.submit`.
+
+        Raises LogFrozen when the log is frozen or freezing.
+        """
+        self.check_accepting()
         start = time.perf_counter()
-        results = await self.sequencer.submit(submissions)
+        self._in_flight += 1
+        self._drained.clear()
+        try:
+            results = await self.sequencer.submit(submissions)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
         elapsed = time.perf_counter() - start
         new = sum(1 for r in results if not r.duplicate)
         if new:

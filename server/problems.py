@@ -20,6 +20,7 @@ not-found               404     no such resource
 method-not-allowed      405     wrong method (``Allow``)
 conflict                409     the request conflicts with the log's state
 jti-conflict            409     the submitter's jti was already logged with another event
+log-frozen              409     the log is frozen: it serves reads, its successor takes entries
 payload-too-large       413     body, string or item count over a limit
 entry-too-large         413     the encoded entry would exceed 65,535 bytes
 unsupported-media-type  415     neither ``application/json`` nor ``application/cbor``
@@ -135,6 +136,7 @@ PROBLEM_TYPES: Final = _table(
     ProblemType("method-not-allowed", 405, "Method not allowed"),
     ProblemType("conflict", 409, "Conflict with the log's state"),
     ProblemType("jti-conflict", 409, "The jti was already used for a different event"),
+    ProblemType("log-frozen", 409, "The log is frozen and takes no more entries"),
     ProblemType("payload-too-large", 413, "Request is too large"),
     ProblemType("entry-too-large", 413, "Encoded entry is too large"),
     ProblemType("unsupported-media-type", 415, "Unsupported media type"),

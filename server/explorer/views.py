@@ -203,8 +203,11 @@ class Explorer:
         prefix: str = DEFAULT_PREFIX,
         assets: Assets | None = None,
         rate_meter: RateMeter | None = None,
+        api_base: str = "",
     ) -> None:
         self.service = service
+        self.api_base = api_base.rstrip("/")
+        """Path of the log's API that pages link to (``""``; ``/logs/<name>`` among several)."""
         self.policy = policy
         self.rules = rules or ReadRules(lookups=storage is not None)
         self.access = Access(self.rules, storage)
@@ -590,7 +593,7 @@ class Explorer:
             )
         body = render(
             '<section id="token-page" data-vkey="$vkey" data-witnesses="$witnesses"'
-            ' data-checkpoint-url="/checkpoint" data-proof-url="/v1/proof/inclusion"'
+            ' data-checkpoint-url="$api/checkpoint" data-proof-url="$api/v1/proof/inclusion"'
             ' data-events-url="$events" data-entry-url="$entry" data-size="$size">'
             "<p>Paste an access or refresh token to see what the log recorded about it. Your"
             " browser computes the token's reference (a SHA-256 hash) and asks the log only"
@@ -619,6 +622,7 @@ class Explorer:
             '<button type="submit">List events</button></form>$listing</section>',
             vkey=self.service.vkey,
             witnesses=self._witness_keys(),
+            api=self.api_base,
             events=self.prefix + "/token/events.json",
             entry=self.prefix + "/entry/",
             size=published.checkpoint.tree_size if published else 0,
@@ -814,7 +818,7 @@ class Explorer:
             entry=_b64(data) if data is not None else "",
             picture=inclusion_picture(index, size, leaf, proof, checkpoint.root_hash),
             rows=rows,
-            receipt=f"/v1/receipt/{index}",
+            receipt=f"{self.api_base}/v1/receipt/{index}",
             filename=f"{index}.tlog-proof",
         )
 
