@@ -14,13 +14,8 @@ Submissions wait in a queue; a round takes up to ``batch_size`` of them and, in 
    checkpoint.
 
 Rounds start as soon as the previous one ended and work is pending, but no sooner than
-``batch_period`` after the previous round started, unless a full batch is waiting or no new
-submission arrived for ``batch_idle`` (the queue went quiet: every submitter that was about to
-join is in). Under light load an entry waits at most one period; under heavy load, where
-submissions keep arriving, batches grow to the period's worth or ``batch_size``; when a fixed
-number of clients each wait for their answer (a closed loop), the round starts as soon as they
-have all sent, instead of waiting out the period (which would bound the rate at
-``clients / (period + commit)``).
+``batch_period`` after the previous round started, unless a full batch is waiting: under light
+load an entry waits at most one period; under heavy load batches grow to ``batch_size``.
 
 Before it signs anything after start-up, and again after any failed commit, the sequencer reloads
 its state from storage and proves that the stored tiles reproduce the stored checkpoint's root
@@ -56,7 +51,6 @@ from merkle.hashing import EMPTY_ROOT, HASH_SIZE, leaf_hash
 from merkle.note import Ed25519Signer, sign_note
 from merkle.tiles import TILE_WIDTH, edge_tiles, extend_tiles, tiles_for_size
 from merkle.tree import Node, build_inclusion_proof, inclusion_nodes, root_from_hashes, root_nodes
-from server.faults import Phase, Step, fault_point
 from server.highwater import HighWaterMark
 from server.storage.base import (
     Batch,
@@ -77,7 +71,6 @@ from server.treeview import (
 )
 
 __all__ = [
-    "DEFAULT_BATCH_IDLE",
     "IntegrityFailure",
     "MonotonicClock",
     "Sequenced",
@@ -90,9 +83,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TileKey = tuple[int, int]
-
-DEFAULT_BATCH_IDLE = 0.002
-"""Seconds without a new submission after which a round starts before its period is over."""
 
 
 class IntegrityFailure(Exception):  # noqa: N818 (it names a state, not a programming error)
@@ -257,12 +247,7 @@ async def _verify_entries(storage: Storage, tile_index: int, data: bytes) -> Non
 
 
 class Sequencer:
-    """Appends submissions to one log in batches and signs its checkpoints.
-
-    ``batch_period`` and ``batch_idle`` (``None``: wait out the period) shape the rounds as the
-    module docstring says; :meth:`stop` answers the submitters of a round it cuts short, and
-    those still queued, with :class:`SequencerStopped`.
-    """
+    """Appends submissions to one log in batches and signs its checkpoints."""
 
     def __init__(
         self,
@@ -275,7 +260,6 @@ class Sequencer:
         clock: MonotonicClock | None = None,
         full_check: bool = True,
         max_pending: int = 100_000,
-        batch_idle: float | None = DEFAULT_BATCH_IDLE,
         high_water: HighWaterMark | None = None,
         future_tolerance_ms: int = 60_000,
     ) -> None:
@@ -287,9 +271,6 @@ class Sequencer:
         self._origin = origin
         self._batch_size = batch_size
         self._period = batch_period
-        self._idle = batch_idle
-        self._last_arrival = 0.0
-        self._current: list[_Pending] = []
         self._clock = clock or MonotonicClock()
         self._full_check = full_check
         self._max_pending = max_pending
@@ -305,7 +286,6 @@ class Sequencer:
         self._failure: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribers: list[Callable[[bytes], None]] = []
-        self._notified: bytes | None = None
         self.reader = TreeReader(storage, edge=self.edge_tiles)
         self.rounds = 0
 
@@ -356,8 +336,6 @@ class Sequencer:
         Raises IntegrityFailure when the stored log does not reproduce its checkpoint.
         """
         await self._load(full=self._full_check)
-        assert self._state is not None
-        self._notified = self._state.checkpoint  # the caller publishes what start-up verified
         self._task = asyncio.create_task(self._run(), name=f"sequencer {self._origin}")
 
     async def stop(self) -> None:
@@ -367,12 +345,7 @@ class Sequencer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        stopping = SequencerStopped("the log is shutting down", retry_after=1)
-        current, self._current = self._current, []
-        for p in current:  # a round cut short: its outcome is unknown, the retry tells
-            if not p.future.done():
-                p.future.set_exception(stopping)
-        self._fail_pending(stopping)
+        self._fail_pending(SequencerStopped("the log is shutting down", retry_after=1))
         if self._high_water is not None:
             self._high_water.close()
 
@@ -390,7 +363,6 @@ class Sequencer:
         loop = asyncio.get_running_loop()
         pending = [_Pending(s, loop.create_future()) for s in submissions]
         self._queue.extend(pending)
-        self._last_arrival = loop.time()
         self._wakeup.set()
         return list(await asyncio.gather(*(p.future for p in pending)))
 
@@ -531,20 +503,11 @@ class Sequencer:
         while True:
             if not self._queue:
                 self._wakeup.clear()
-                # A failed round left an outcome to settle (reload the state), or a subscriber
-                # has not taken the newest checkpoint: come back after the back-off even if
-                # nothing is submitted, so a quiet log still publishes what it committed.
-                settle = self._dirty or not self._notify()
-                try:
-                    async with asyncio.timeout(backoff if settle else None):
-                        await self._wakeup.wait()
-                except TimeoutError:
-                    if not self._dirty:
-                        backoff = min(backoff * 2, 2.0)
-                        continue
-            await self._gather_batch(last_start)
+                await self._wakeup.wait()
+            wait = last_start + self._period - loop.time()
+            if wait > 0 and len(self._queue) < self._batch_size:
+                await asyncio.sleep(wait)
             batch, self._queue = self._queue[: self._batch_size], self._queue[self._batch_size :]
-            self._current = batch
             last_start = loop.time()
             if self._failure is not None:
                 self._stop_for_good(self._failure, batch)
@@ -582,26 +545,6 @@ class Sequencer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    async def _gather_batch(self, last_start: float) -> None:
-        """Wait until the next round may start (see the module docstring).
-
-        Returns at ``last_start + batch_period`` at the latest, at once when a full batch is
-        waiting, and earlier when no submission arrived for ``batch_idle`` seconds.
-        """
-        loop = asyncio.get_running_loop()
-        idle = self._idle
-        while len(self._queue) < self._batch_size:
-            now = loop.time()
-            wait = last_start + self._period - now
-            if wait <= 0:
-                return
-            if idle is not None:
-                quiet = self._last_arrival + idle - now
-                if quiet <= 0:
-                    return
-                wait = min(wait, quiet)
-            await asyncio.sleep(wait)
-
     def _stop_for_good(self, reason: str, batch: list[_Pending]) -> None:
         self._failure = reason
         log.error("the sequencer stopped and will not sign anything: %s", reason)
@@ -629,7 +572,6 @@ class Sequencer:
         keys = list({p.submission.idempotency_key for p in batch if p.submission.idempotency_key})
         known_keys = await self._storage.find_idempotency_keys(keys) if keys else {}
 
-        fault_point(Step.ASSIGN_INDEXES, Phase.BEFORE)
         fresh: list[_Pending] = []
         duplicates: list[tuple[_Pending, int]] = []
         size = state.tree_size
@@ -646,7 +588,6 @@ class Sequencer:
             if sub.idempotency_key is not None:
                 known_keys[sub.idempotency_key] = index
             fresh.append(p)
-        fault_point(Step.ASSIGN_INDEXES, Phase.AFTER)
 
         if fresh:
             await self._commit(state, fresh)
@@ -663,9 +604,7 @@ class Sequencer:
         changed = extend_tiles(
             old_size, {level: data for (level, _), data in state.edge.items()}, leaf_hashes
         )
-        fault_point(Step.SIGN, Phase.BEFORE)
         note = self._sign(new_size, compact.root())
-        fault_point(Step.SIGN, Phase.AFTER, note)
         entries = [
             NewEntry(
                 index=old_size + i,
@@ -694,9 +633,7 @@ class Sequencer:
             raise
         if self._high_water is not None:
             try:
-                fault_point(Step.RECORD_HIGH_WATER, Phase.BEFORE, note)
                 await asyncio.to_thread(self._high_water.write, note)
-                fault_point(Step.RECORD_HIGH_WATER, Phase.AFTER, note)
             except OSError:
                 # Committed but not recorded: answer 503 (a retry finds the entries), reload,
                 # and write the mark again before signing anything on top of this round.
@@ -716,42 +653,17 @@ class Sequencer:
                 rows = expanded[key] = expand_tile(tiles[key])
             return rows
 
-        fault_point(Step.ANSWER_SUBMITTERS, Phase.BEFORE, note)
         proofs = inclusion_proofs(old_size, len(fresh), new_size, expand)
         for i, (p, proof) in enumerate(zip(fresh, proofs, strict=True)):
             if not p.future.done():
                 p.future.set_result(
                     Sequenced(old_size + i, p.submission.leaf_hash, False, new_size, note, proof)
                 )
-        fault_point(Step.ANSWER_SUBMITTERS, Phase.AFTER, note)
-        self._notify()
-
-    def _notify(self) -> bool:
-        """Hand the adopted checkpoint to the subscribers unless they already have it.
-
-        Returns False when a subscriber failed: the checkpoint is handed on again later (the
-        run loop comes back to it without waiting for a submission).
-        """
-        state = self._state
-        if state is None or state.checkpoint == self._notified:
-            return True
-        note = state.checkpoint
-        failed = False
-        try:
-            fault_point(Step.PUBLISH, Phase.BEFORE, note)
-            for callback in self._subscribers:
-                try:
-                    callback(note)
-                except Exception:
-                    log.exception("checkpoint subscriber failed")
-                    failed = True
-            fault_point(Step.PUBLISH, Phase.AFTER, note)
-        except Exception:
-            log.exception("handing the checkpoint to the subscribers failed")
-            failed = True
-        if not failed:
-            self._notified = note
-        return not failed
+        for callback in self._subscribers:
+            try:
+                callback(note)
+            except Exception:
+                log.exception("checkpoint subscriber failed")
 
     async def _answer_duplicate(self, p: _Pending, index: int) -> None:
         state = self._state
