@@ -11,6 +11,7 @@ Routes (the submission and monitoring prefixes of tlog-witness are both the root
     GET  /logs                            the followed logs and this witness's name and vkey
     GET  /healthz                         200 when the database answers, 503 otherwise
     GET  /metrics                         Prometheus text format
+    GET  /openapi.json                    the OpenAPI 3.1 document (witness.openapi)
 
 Errors become answers in :data:`ERROR_STATUS` only. ``add-checkpoint`` answers errors as
 ``text/plain`` (a 409 size conflict as ``text/x.tlog.size`` with body ``<size>\\n``, a 429 with
@@ -55,6 +56,7 @@ from witness.errors import (
 from witness.explorer import explorer_routes
 from witness.gossip import Gossip
 from witness.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from witness.openapi import openapi_document
 from witness.storage.base import StoredRecord
 
 __all__ = ["ERROR_STATUS", "Components", "create_app"]
@@ -324,6 +326,11 @@ async def metrics(request: Request) -> Response:
     return Response(rendered, 200, media_type=METRICS_CONTENT_TYPE)
 
 
+async def openapi(request: Request) -> Response:
+    """GET /openapi.json: the OpenAPI 3.1 document of this API (:mod:`witness.openapi`)."""
+    return JSONResponse(openapi_document(_components(request).witness.name))
+
+
 def create_app(
     components: Callable[[], AbstractAsyncContextManager[Components]],
 ) -> Starlette:
@@ -356,6 +363,7 @@ def create_app(
         Route("/logs", list_logs, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/evidence", list_evidence, methods=["GET"]),
         Route("/evidence/{origin_hash}", list_evidence, methods=["GET"]),
         Route("/evidence/{origin_hash}/{record_id}", get_evidence, methods=["GET"]),
