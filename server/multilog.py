@@ -333,6 +333,7 @@ class LogHost:
                 wall=wall,
             )
         self._started: list[HostedLog] = []
+        self._apps: dict[bool, Starlette] = {}
 
     @property
     def default(self) -> HostedLog:
@@ -370,8 +371,12 @@ class LogHost:
         """Return the service's application (see the module docstring for the paths).
 
         With ``explorer`` each log gets its explorer (``/explorer`` for the default log as
-        with one log, and ``/logs/<name>/explorer``).
+        with one log, and ``/logs/<name>/explorer``). Calls with the same ``explorer`` return
+        the same application.
         """
+        made = self._apps.get(explorer)
+        if made is not None:
+            return made
 
         async def listing(request: Request) -> Response:
             body = json.dumps(self.describe(), separators=(",", ":"), ensure_ascii=False)
@@ -390,13 +395,14 @@ class LogHost:
                 routes.extend(_explorer_routes(hosted))
         routes.extend(Mount(hosted.path, app=hosted.app) for hosted in self.logs.values())
         default = self.default
-        if explorer:
+        if explorer and True not in self._apps:
             from server.explorer import install_explorer
 
-            install_explorer(default.app, default.service, default.policy)
+            install_explorer(default.app, default.service, default.policy)  # /explorer, as alone
         routes.append(Mount("", app=default.app))
         app = Starlette(routes=routes, exception_handlers=exception_handlers())
         app.state.host = self
+        self._apps[explorer] = app
         return app
 
 
