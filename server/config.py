@@ -765,6 +765,8 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         limits = Limits(**limit_values)  # type: ignore[arg-type]
     except ValueError as error:
         _fail("limits", str(error))
+    if values.get("successor") is not None and not values.get("logs"):
+        _fail("successor", "names no configured log (there is no [logs.<name>] table)")
     return Settings(limits=limits, **values)  # type: ignore[arg-type]
 
 

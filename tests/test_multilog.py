@@ -208,7 +208,7 @@ async def test_logs_never_mix_entries_keys_or_checkpoints(
 
         # An inclusion proof of one log does not lead to the other's root at the same size.
         size = counts["b"]
-        proof_a = (await client.get(f"{prefix('a')}/v1/proof/inclusion?index=0&tree_size={size}"))
+        proof_a = await client.get(f"{prefix('a')}/v1/proof/inclusion?index=0&tree_size={size}")
         body = proof_a.json()
         hashes = [base64.b64decode(h) for h in body["proof"]]
         leaf = base64.b64decode(body["leaf_hash"])
@@ -533,9 +533,7 @@ database_url = "{tmp_path / "tenant.db"}"
     h2 = settings.log_settings("2026-h2")
     assert h2.origin == "log.test/etch/2026-h2"
     assert h2.data_dir == tmp_path / "data" / "logs" / "2026-h2"
-    assert h2.database == (
-        "postgresql://etch@/etch?host=/run/postgresql&search_path=etch_2026_h2"
-    )
+    assert h2.database == ("postgresql://etch@/etch?host=/run/postgresql&search_path=etch_2026_h2")
     assert (h2.batch_size, h2.batch_period_ms, h2.frozen) == (50, 10, False)
     assert h2.policy_file == Path("h2.policy")
     config_h2 = settings.log_config("2026-h2")
@@ -564,12 +562,13 @@ database_url = "{tmp_path / "tenant.db"}"
         ('[logs.a]\norigin = "x/a"\nnot_after = "2026-01-01"\n', "with an offset"),
         ('[logs.a]\norigin = "x/a"\nbatch_size = "5"\n', "must be a TOML integer"),
         ('[logs.a]\norigin = "x/a"\nfrozen = "yes"\n', "must be a TOML boolean"),
-        ('logs = 3\n', "must be a table"),
+        ("logs = 3\n", "must be a table"),
         (
             'cluster = true\ndatabase_url = "postgresql://h/db"\n[logs.a]\norigin = "x/a"\n',
             "cluster mode",
         ),
         ('[logs.a]\norigin = "x/a"\ndata_dir = "DATA"\n', "also the data_dir of default"),
+        ('successor = "a"\n', "there is no \\[logs.<name>\\] table"),
     ],
 )
 def test_config_refuses_bad_logs_tables(tmp_path: Path, body: str, message: str) -> None:
@@ -640,3 +639,44 @@ def test_etch_audit_against_one_log_of_a_service(
     assert sqlite3.connect(data / "logs" / "b" / "log.db").execute(
         "SELECT count(*) FROM entries"
     ).fetchone() == (5,)
+
+
+def test_submitters_are_registered_per_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    config = write_config(
+        tmp_path / "etch.toml",
+        f'data_dir = "{data}"\n[logs.a]\norigin = "{ORIGINS["a"]}"\n',
+    )
+    common = ["--config", str(config), "--generate-key"]
+    assert (
+        etch_main(
+            [
+                "submitter",
+                "add",
+                "as-a",
+                *common,
+                "--key-file",
+                str(tmp_path / "a.key"),
+                "--log-name",
+                "a",
+            ]
+        )
+        == 0
+    )
+    assert (
+        etch_main(
+            ["submitter", "add", "as-default", *common, "--key-file", str(tmp_path / "d.key")]
+        )
+        == 0
+    )
+    assert etch_main(["submitter", "list", "--config", str(config), "--log-name", "c"]) == 2
+
+    def names(db: Path) -> set[str]:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return {row[0] for row in conn.execute("SELECT name FROM principals")}
+
+    assert names(data / "logs" / "a" / "log.db") == {"as-a"}
+    assert names(data / "log.db") == {"as-default"}
+    capsys.readouterr()

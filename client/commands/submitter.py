@@ -42,8 +42,12 @@ EPILOG = """examples:
 
 
 def add_database_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config``, ``--data-dir`` and ``--database-url`` (as ``etch serve`` has them)."""
+    """Add ``--config``, ``--data-dir``, ``--database-url`` (as ``etch serve`` has them) and
+    ``--log-name`` (one of the configuration's ``[logs.<name>]``; default: the top-level log)."""
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--log-name", dest="log_name", metavar="NAME", help="a [logs.<name>] of the configuration"
+    )
     parser.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="data directory")
     parser.add_argument(
         "--database-url", dest="database_url", metavar="URL", help="postgresql:// URL or file"
@@ -55,10 +59,15 @@ def open_principal_storage(args: argparse.Namespace) -> Any:
 
     Raises ConfigError for bad settings.
     """
-    from server.config import settings_from_args
+    from server.config import ConfigError, settings_from_args
     from server.storage import open_storage
 
     settings = settings_from_args(args, os.environ)
+    name = getattr(args, "log_name", None)
+    if name is not None:
+        if name not in settings.log_names:
+            raise ConfigError(f"--log-name: the configuration has no log {name}")
+        settings = settings.log_settings(name)
     if not settings.is_postgres:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return open_storage(settings.database)
