@@ -5,6 +5,7 @@ Run from the project root::
     .venv/bin/python -m benchmarks.bench_ingest [--batches 12] [--batch-size 1000]
         [--concurrency 2] [--backend sqlite|postgres] [--rounds 3] [--lookup-size 1000000]
         [--lookup-seconds 30] [--lookup-concurrency 16] [--skip-ingest] [--skip-lookup]
+        [--design per-event|batch-root|both]
 
 The machine is shared, so every comparison is made in ``--rounds`` interleaved rounds (a
 measurement of each side per round) and the median of the per-round ratios is reported, with
@@ -21,6 +22,14 @@ Bare verification is ``Ed25519PublicKey.verify`` of the same signatures over the
 in a plain loop, measured right before each round's ingestion. Rates are given per second of
 wall-clock time and per second of this process's CPU time (all its threads). Target: at least
 70%.
+
+Two designs are measured (``--design both``, the default), each against its own bare
+verification rounds in the same run: ``per-event`` (one Ed25519 signature per event, ``POST
+/v1/events/batch``) and ``batch-root`` (:mod:`client.batchsig`: the submitter signs the RFC 6962
+root of each 1,000-event batch once and every event carries its index and path, ``POST
+/v1/events/signed-batch``; one verification per request, each event's path checked). The
+baseline stays bare per-event verification of the same events: what ingestion would cost if
+verification were all it did.
 
 **Lookups.** A log of ``--lookup-size`` entries is built directly through the sequencer (the
 same leaves ingestion writes, each with its own token reference; the HTTP path is not needed to
@@ -54,11 +63,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from benchmarks.http11 import Http11Client
+from client.batchsig import build_batch
 from client.tokens import token_ref
 from merkle.hashing import leaf_hash
 from server.codec import encode_deterministic
 from server.events import event_lookup_keys
-from server.ingest import OAuthLayer, OAuthSettings
+from server.ingest import SIGNED_BATCH_PATH, OAuthLayer, OAuthSettings
 from server.keys import load_or_create_log_key
 from server.leaves import encode_event_leaf, event_signing_message
 from server.log import LogService
@@ -148,19 +158,39 @@ class Prepared:
     pairs: list[tuple[bytes, bytes]]
 
 
-def prepare(key: Ed25519PrivateKey, tag: str, batches: int, size: int) -> Prepared:
-    """Sign ``batches * size`` distinct events and build the batch bodies."""
+def prepare(
+    key: Ed25519PrivateKey, tag: str, batches: int, size: int, design: str, submitter: str
+) -> Prepared:
+    """Sign ``batches * size`` distinct events and build the batch bodies of ``design``.
+
+    ``pairs`` always holds every event's own (signature, message): the bare baseline.
+    """
     bodies: list[bytes] = []
     pairs: list[tuple[bytes, bytes]] = []
+    b64 = base64.b64encode
     for b in range(batches):
+        events = [make_event(tag, i) for i in range(b * size, (b + 1) * size)]
+        encodings = [encode_deterministic(event) for event in events]
         envelopes = []
-        for i in range(b * size, (b + 1) * size):
-            event = make_event(tag, i)
-            message = event_signing_message(encode_deterministic(event))
+        for event, encoded in zip(events, encodings, strict=True):
+            message = event_signing_message(encoded)
             signature = key.sign(message)
             pairs.append((signature, message))
-            envelopes.append({"event": event, "signature": base64.b64encode(signature).decode()})
-        bodies.append(json.dumps(envelopes).encode())
+            envelopes.append({"event": event, "signature": b64(signature).decode()})
+        if design == "per-event":
+            bodies.append(json.dumps(envelopes).encode())
+            continue
+        signed = build_batch(submitter, key, encodings)
+        body = {
+            "size": size,
+            "root": b64(signed.root).decode(),
+            "signature": b64(signed.signature).decode(),
+            "events": [
+                {"index": p.index, "path": [b64(h).decode() for h in p.path], "event": event}
+                for p, event in zip(signed.proofs, events, strict=True)
+            ],
+        }
+        bodies.append(json.dumps(body).encode())
     return Prepared(bodies, pairs)
 
 
@@ -214,12 +244,13 @@ async def database(backend: str, directory: Path) -> AsyncIterator[str]:
         server.destroy()
 
 
-async def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the ingestion benchmark and return its figures."""
+async def bench_ingest(args: argparse.Namespace, design: str) -> dict[str, Any]:
+    """Run the ingestion benchmark of one design and return its figures."""
     key = Ed25519PrivateKey.generate()
     public = key.public_key()
     tag = f"run{random.randrange(10**9)}"
-    prepared = prepare(key, tag, args.batches + 1, args.batch_size)
+    prepared = prepare(key, tag, args.batches + 1, args.batch_size, design, "bench")
+    path = "/v1/events/batch" if design == "per-event" else SIGNED_BATCH_PATH
     warmup, bodies = prepared.bodies[0], prepared.bodies[1:]
     measured_pairs = prepared.pairs[args.batch_size :]
     with tempfile.TemporaryDirectory(prefix="etch-bench-ingest-") as tmp:
@@ -266,7 +297,7 @@ async def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
                 async def post(body: bytes) -> None:
                     answers.append(
-                        await asgi_request(app, "POST", "/v1/events/batch", body, headers)
+                        await asgi_request(app, "POST", path, body, headers)
                     )
 
                 await post(warmup)
@@ -295,6 +326,7 @@ async def bench_ingest(args: argparse.Namespace) -> dict[str, Any]:
     wall = [ingest.wall / bare.wall for ingest, bare in rounds]
     cpu_ratios = [ingest.cpu / bare.cpu for ingest, bare in rounds]
     return {
+        "design": design,
         "events": args.batches * args.batch_size,
         "batch_size": args.batch_size,
         "concurrency": args.concurrency,
@@ -504,11 +536,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--lookup-dir", type=Path, help="keep the large log here and reuse it on later runs"
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
+    parser.add_argument(
+        "--design", choices=("per-event", "batch-root", "both"), default="both"
+    )
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-lookup", action="store_true")
     args = parser.parse_args(argv)
     if not args.skip_ingest:
-        print(json.dumps({"ingest": asyncio.run(bench_ingest(args))}), flush=True)
+        designs = ("per-event", "batch-root") if args.design == "both" else (args.design,)
+        for design in designs:
+            print(json.dumps({"ingest": asyncio.run(bench_ingest(args, design))}), flush=True)
     if not args.skip_lookup:
         print(json.dumps({"lookup": bench_lookup(args)}), flush=True)
     return 0

@@ -249,19 +249,24 @@ def root_from_path(event_cbor: bytes, index: int, size: int, path: Sequence[byte
     32-byte hash.
     """
     check_bounds(size, index, len(path))
+    for sibling in path:
+        if type(sibling) is not bytes or len(sibling) != _HASH_SIZE:
+            raise BatchError("every path element is a 32-byte hash")
+    # RFC 9162 §2.1.3.2 with its branches resolved in advance: below ``inner`` the side is the
+    # index bit; above it the path only holds left siblings (the right edge of the tree).
     inner = (index ^ (size - 1)).bit_length()
     sha256 = _sha256
     prefix = _NODE_PREFIX
     node = sha256(_LEAF_PREFIX + event_cbor).digest()
     position = index
-    for step, sibling in enumerate(path):
-        if type(sibling) is not bytes or len(sibling) != _HASH_SIZE:
-            raise BatchError("every path element is a 32-byte hash")
-        if step >= inner or position & 1:
+    for sibling in path[:inner]:
+        if position & 1:
             node = sha256(prefix + sibling + node).digest()
         else:
             node = sha256(prefix + node + sibling).digest()
         position >>= 1
+    for sibling in path[inner:]:
+        node = sha256(prefix + sibling + node).digest()
     return node
 
 

@@ -108,6 +108,34 @@ def _b64(value: object, size: int, encoded: int, what: str, pointer: str, slug: 
     return raw
 
 
+_CANONICAL_LAST: Final = frozenset("AEIMQUYcgkosw048")
+"""Characters that may stand before the ``=`` of canonical base64 of 32 bytes (low bits 0)."""
+
+
+def _hash(value: object, pointer: str) -> bytes:
+    """Decode one path hash: canonical standard base64 of 32 bytes. Raises SignedBatchError.
+
+    The fast form of :func:`_b64`: 44 characters ending in one ``=``, the one before it
+    leaving no unused bits set (so the text is the only encoding of its bytes), then a strict
+    C-level decode.
+    """
+    if (
+        type(value) is str
+        and len(value) == _HASH_B64_SIZE
+        and value[43] == "="
+        and value[42] in _CANONICAL_LAST
+    ):
+        try:
+            raw = binascii.a2b_base64(value, strict_mode=True)
+        except binascii.Error:
+            raw = b""
+        if len(raw) == 32:
+            return raw
+    raise SignedBatchError(
+        "bad-signature", "a path hash must be 32 bytes in canonical base64", pointer
+    )
+
+
 def _item(value: object, size: int, position: int, seen: set[int]) -> BatchItem:
     """Check one element of ``events``. Raises SignedBatchError (pointer into the request)."""
     at = f"/events/{position}"
@@ -128,10 +156,7 @@ def _item(value: object, size: int, position: int, seen: set[int]) -> BatchItem:
             f"path must be a list of exactly {want} hashes for this index and size",
             f"{at}/path",
         )
-    path = tuple(
-        _b64(node, 32, _HASH_B64_SIZE, "a path hash", f"{at}/path/{n}", "bad-signature")
-        for n, node in enumerate(raw_path)
-    )
+    path = tuple([_hash(node, f"{at}/path") for node in raw_path])
     event = value["event"]
     if not isinstance(event, dict):
         raise SignedBatchError("bad-event", "the event must be a map", f"{at}/event")
