@@ -709,3 +709,104 @@ class LogProcess:
     def is_running(self) -> bool:
         """Whether the current process is alive."""
         return self.process is not None and self.process.poll() is None
+
+
+# -- syscall fault injection -----------------------------------------------------------------
+
+STRACE = Path("/usr/bin/strace")
+
+
+def require_strace() -> None:
+    """Skip the calling test, saying why, when ``strace`` cannot inject faults here.
+
+    Needs ``/usr/bin/strace`` and permission to ptrace this user's processes (root, or
+    ``kernel.yama.ptrace_scope`` 0).
+    """
+    if not STRACE.exists():
+        pytest.skip("syscall fault injection needs /usr/bin/strace (apt-get install strace)")
+    scope = Path("/proc/sys/kernel/yama/ptrace_scope")
+    if os.geteuid() != 0 and scope.exists() and scope.read_text().strip() != "0":
+        pytest.skip("strace cannot attach: not root and kernel.yama.ptrace_scope is not 0")
+
+
+def _tracer_pids(pid: int) -> list[int]:
+    """The ``TracerPid`` of every thread of ``pid`` (empty once the process is gone)."""
+    tracers: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("TracerPid:"):
+                        tracers.append(int(line.split()[1]))
+    return tracers
+
+
+class StraceInjection:
+    """``strace`` attached to every thread of a running process, injecting one fault.
+
+    ``inject`` is strace's ``-e inject=`` expression, e.g. ``fdatasync,fsync:error=EIO`` or
+    ``pwrite64:signal=SIGKILL:when=7``; ``trace`` the syscalls traced (they must include the
+    injected ones); ``paths`` limits tracing and injection to descriptors of those files
+    (``-P``). Counting for ``when=`` is per syscall and per thread (strace(1)). Threads created
+    later are followed (``-f``). Every traced call goes to ``output``; injected ones end in
+    ``(INJECTED)``.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        inject: str,
+        *,
+        trace: str,
+        output: Path,
+        paths: Sequence[Path] = (),
+    ) -> None:
+        self.pid = pid
+        self.output = output
+        command = [str(STRACE), "-qq", "-f", "-p", str(pid), "-o", str(output)]
+        command += ["-e", f"trace={trace}", "-e", f"inject={inject}"]
+        for path in paths:
+            command += ["-P", str(path)]
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def attach(self, within: float = 15.0) -> None:
+        """Start strace and wait until it traces every thread of the process."""
+        self.process = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            tracers = _tracer_pids(self.pid)
+            if tracers and all(t == self.process.pid for t in tracers):
+                return
+            if self.process.poll() is not None:
+                assert self.process.stderr is not None
+                raise AssertionError(f"strace exited: {self.process.stderr.read()!r}")
+            time.sleep(0.02)
+        self.detach()
+        raise AssertionError(f"strace did not attach to {self.pid} within {within} s")
+
+    def detach(self) -> None:
+        """Stop strace (SIGTERM detaches it; the process runs on untraced) and reap it."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=15)
+        if process.stderr is not None:
+            process.stderr.close()
+        self.process = None
+
+    def injected(self) -> list[str]:
+        """The traced calls that were injected so far (strace's own lines)."""
+        if not self.output.exists():
+            return []
+        text = self.output.read_text(encoding="utf-8", errors="replace")
+        return [line for line in text.splitlines() if line.endswith("(INJECTED)")]
