@@ -296,9 +296,7 @@ async def bench_ingest(args: argparse.Namespace, design: str) -> dict[str, Any]:
                 answers: list[tuple[int, bytes]] = []
 
                 async def post(body: bytes) -> None:
-                    answers.append(
-                        await asgi_request(app, "POST", path, body, headers)
-                    )
+                    answers.append(await asgi_request(app, "POST", path, body, headers))
 
                 await post(warmup)
                 rounds: list[tuple[Rate, Rate]] = []
@@ -536,9 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--lookup-dir", type=Path, help="keep the large log here and reuse it on later runs"
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
-    parser.add_argument(
-        "--design", choices=("per-event", "batch-root", "both"), default="both"
-    )
+    parser.add_argument("--design", choices=("per-event", "batch-root", "both"), default="both")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--skip-lookup", action="store_true")
     args = parser.parse_args(argv)
