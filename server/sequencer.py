@@ -22,6 +22,13 @@ its state from storage and proves that the stored tiles reproduce the stored che
 (invariant 3). If they do not, it refuses to sign and says why (:class:`IntegrityFailure`).
 A lost compare-and-swap means another writer touched the log: the sequencer stops for good.
 
+A failed round is settled without waiting for the next submission: after a back-off the
+sequencer reloads the state, so a round that was stored but not answered (a lost commit answer,
+a failed high-water write) is still published. Subscribers (publication, the witness collector)
+get the newest checkpoint after every commit and after a reload that finds a newer one; when one
+of them fails, it is handed the checkpoint again after a back-off. :mod:`server.faults` names the
+points before and after each step of a round where tests inject faults.
+
 Rollback: with a :class:`server.highwater.HighWaterMark`, the newest signed checkpoint is also
 kept in a file outside the database, written after each commit and before the submitters are
 answered. At start-up (and at every reload) a database behind that mark, or holding another
@@ -51,6 +58,7 @@ from merkle.hashing import EMPTY_ROOT, HASH_SIZE, leaf_hash
 from merkle.note import Ed25519Signer, sign_note
 from merkle.tiles import TILE_WIDTH, edge_tiles, extend_tiles, tiles_for_size
 from merkle.tree import Node, build_inclusion_proof, inclusion_nodes, root_from_hashes, root_nodes
+from server.faults import Phase, Step, fault_point
 from server.highwater import HighWaterMark
 from server.storage.base import (
     Batch,
@@ -286,6 +294,7 @@ class Sequencer:
         self._failure: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribers: list[Callable[[bytes], None]] = []
+        self._notified: bytes | None = None
         self.reader = TreeReader(storage, edge=self.edge_tiles)
         self.rounds = 0
 
@@ -336,6 +345,8 @@ class Sequencer:
         Raises IntegrityFailure when the stored log does not reproduce its checkpoint.
         """
         await self._load(full=self._full_check)
+        assert self._state is not None
+        self._notified = self._state.checkpoint  # the caller publishes what start-up verified
         self._task = asyncio.create_task(self._run(), name=f"sequencer {self._origin}")
 
     async def stop(self) -> None:
@@ -503,7 +514,17 @@ class Sequencer:
         while True:
             if not self._queue:
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                # A failed round left an outcome to settle (reload the state), or a subscriber
+                # has not taken the newest checkpoint: come back after the back-off even if
+                # nothing is submitted, so a quiet log still publishes what it committed.
+                settle = self._dirty or not self._notify()
+                try:
+                    async with asyncio.timeout(backoff if settle else None):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    if not self._dirty:
+                        backoff = min(backoff * 2, 2.0)
+                        continue
             wait = last_start + self._period - loop.time()
             if wait > 0 and len(self._queue) < self._batch_size:
                 await asyncio.sleep(wait)
@@ -572,6 +593,7 @@ class Sequencer:
         keys = list({p.submission.idempotency_key for p in batch if p.submission.idempotency_key})
         known_keys = await self._storage.find_idempotency_keys(keys) if keys else {}
 
+        fault_point(Step.ASSIGN_INDEXES, Phase.BEFORE)
         fresh: list[_Pending] = []
         duplicates: list[tuple[_Pending, int]] = []
         size = state.tree_size
@@ -588,6 +610,7 @@ class Sequencer:
             if sub.idempotency_key is not None:
                 known_keys[sub.idempotency_key] = index
             fresh.append(p)
+        fault_point(Step.ASSIGN_INDEXES, Phase.AFTER)
 
         if fresh:
             await self._commit(state, fresh)
@@ -604,7 +627,9 @@ class Sequencer:
         changed = extend_tiles(
             old_size, {level: data for (level, _), data in state.edge.items()}, leaf_hashes
         )
+        fault_point(Step.SIGN, Phase.BEFORE)
         note = self._sign(new_size, compact.root())
+        fault_point(Step.SIGN, Phase.AFTER, note)
         entries = [
             NewEntry(
                 index=old_size + i,
@@ -633,7 +658,9 @@ class Sequencer:
             raise
         if self._high_water is not None:
             try:
+                fault_point(Step.RECORD_HIGH_WATER, Phase.BEFORE, note)
                 await asyncio.to_thread(self._high_water.write, note)
+                fault_point(Step.RECORD_HIGH_WATER, Phase.AFTER, note)
             except OSError:
                 # Committed but not recorded: answer 503 (a retry finds the entries), reload,
                 # and write the mark again before signing anything on top of this round.
@@ -653,17 +680,42 @@ class Sequencer:
                 rows = expanded[key] = expand_tile(tiles[key])
             return rows
 
+        fault_point(Step.ANSWER_SUBMITTERS, Phase.BEFORE, note)
         proofs = inclusion_proofs(old_size, len(fresh), new_size, expand)
         for i, (p, proof) in enumerate(zip(fresh, proofs, strict=True)):
             if not p.future.done():
                 p.future.set_result(
                     Sequenced(old_size + i, p.submission.leaf_hash, False, new_size, note, proof)
                 )
-        for callback in self._subscribers:
-            try:
-                callback(note)
-            except Exception:
-                log.exception("checkpoint subscriber failed")
+        fault_point(Step.ANSWER_SUBMITTERS, Phase.AFTER, note)
+        self._notify()
+
+    def _notify(self) -> bool:
+        """Hand the adopted checkpoint to the subscribers unless they already have it.
+
+        Returns False when a subscriber failed: the checkpoint is handed on again later (the
+        run loop comes back to it without waiting for a submission).
+        """
+        state = self._state
+        if state is None or state.checkpoint == self._notified:
+            return True
+        note = state.checkpoint
+        failed = False
+        try:
+            fault_point(Step.PUBLISH, Phase.BEFORE, note)
+            for callback in self._subscribers:
+                try:
+                    callback(note)
+                except Exception:
+                    log.exception("checkpoint subscriber failed")
+                    failed = True
+            fault_point(Step.PUBLISH, Phase.AFTER, note)
+        except Exception:
+            log.exception("handing the checkpoint to the subscribers failed")
+            failed = True
+        if not failed:
+            self._notified = note
+        return not failed
 
     async def _answer_duplicate(self, p: _Pending, index: int) -> None:
         state = self._state

@@ -43,6 +43,7 @@ from merkle.checkpoint import parse_decimal
 from merkle.errors import MerkleError
 from merkle.note import Note, NoteSignature, format_note, parse_note, parse_signature_lines
 from merkle.policy import Policy, PolicyWitness, verify_checkpoint
+from server.faults import Phase, Step, fault_point
 from server.log import LogService
 from server.storage.base import StorageError
 
@@ -186,8 +187,10 @@ class WitnessCollector:
                     verify_checkpoint(self._policy, merged)
                 except MerkleError:
                     continue
+                fault_point(Step.PUBLISH_COSIGNED, Phase.BEFORE, merged)
                 await self._service.storage.put_cosigned_checkpoint(size, merged)
                 self._service.publish(merged)
+                fault_point(Step.PUBLISH_COSIGNED, Phase.AFTER, merged)
                 log.debug(
                     "published checkpoint %d with %d cosignatures, %.2f ms after the pushes began",
                     size,
@@ -223,8 +226,10 @@ class WitnessCollector:
                 if late and published is not None and published.checkpoint.tree_size == size:
                     signatures = parsed.signatures + tuple(collected) + tuple(late)
                     merged = format_note(Note(parsed.text, signatures))
+                    fault_point(Step.PUBLISH_COSIGNED, Phase.BEFORE, merged)
                     await self._service.storage.put_cosigned_checkpoint(size, merged)
                     self._service.publish(merged)
+                    fault_point(Step.PUBLISH_COSIGNED, Phase.AFTER, merged)
                     log.debug(
                         "re-published checkpoint %d with %d cosignatures",
                         size,
@@ -278,12 +283,14 @@ class WitnessCollector:
             try:
                 body = await self._request_body(old, size, note, proofs)
                 assert self._client is not None
+                fault_point(Step.PUSH_TO_WITNESS, Phase.BEFORE, name)
                 response = await self._client.post(
                     witness.url.rstrip("/") + "/add-checkpoint",  # type: ignore[union-attr]
                     content=body,
                     headers={"Content-Type": "text/plain; charset=utf-8"},
                     timeout=self._timeout,
                 )
+                fault_point(Step.PUSH_TO_WITNESS, Phase.AFTER, name)
             except (httpx.HTTPError, OSError) as exc:
                 metrics.witness_failures.labels(name, "unreachable").inc()
                 return WitnessOutcome(name, (), f"unreachable ({type(exc).__name__})")

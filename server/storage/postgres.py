@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from server.faults import Phase, Step, fault_point
 from server.storage.base import (
     MAX_TILE_LEVEL,
     MIN_TILE_LEVEL,
@@ -424,6 +425,7 @@ class PostgresStorage:
 
         async def commit(conn: Any) -> None:
             async with conn.transaction():
+                fault_point(Step.SWAP_CHECKPOINT, Phase.BEFORE, conn)
                 swapped = await conn.fetchval(
                     _SWAP_STATE,
                     batch.checkpoint,
@@ -434,20 +436,33 @@ class PostgresStorage:
                 )
                 if swapped is None:
                     await self._explain_failed_swap(conn, previous, batch, start)
-                    return
-                for table, columns, records in rows:
-                    if records:
-                        await conn.copy_records_to_table(table, columns=columns, records=records)
-                if tiles:
-                    status = await conn.execute(
-                        _UPSERT_TILES,
-                        [level for (level, _), _ in tiles],
-                        [index for (_, index), _ in tiles],
-                        [data for _, data in tiles],
-                    )
-                    if _row_count(status) != len(tiles):
-                        raise IntegrityError("a tile update would change stored hashes")
-                await conn.execute(_INSERT_CHECKPOINT, batch.tree_size, batch.checkpoint)
+                else:
+                    fault_point(Step.SWAP_CHECKPOINT, Phase.AFTER, conn)
+                    await store(conn)
+                fault_point(Step.COMMIT, Phase.BEFORE, conn)
+            fault_point(Step.COMMIT, Phase.AFTER, conn)
+
+        async def store(conn: Any) -> None:
+            (table, columns, records), *index_rows = rows
+            fault_point(Step.STORE_ENTRIES, Phase.BEFORE, conn)
+            if records:
+                await conn.copy_records_to_table(table, columns=columns, records=records)
+            fault_point(Step.STORE_ENTRIES, Phase.AFTER, conn)
+            fault_point(Step.STORE_HASHES_AND_TILES, Phase.BEFORE, conn)
+            for table, columns, records in index_rows:
+                if records:
+                    await conn.copy_records_to_table(table, columns=columns, records=records)
+            if tiles:
+                status = await conn.execute(
+                    _UPSERT_TILES,
+                    [level for (level, _), _ in tiles],
+                    [index for (_, index), _ in tiles],
+                    [data for _, data in tiles],
+                )
+                if _row_count(status) != len(tiles):
+                    raise IntegrityError("a tile update would change stored hashes")
+            fault_point(Step.STORE_HASHES_AND_TILES, Phase.AFTER, conn)
+            await conn.execute(_INSERT_CHECKPOINT, batch.tree_size, batch.checkpoint)
 
         await self._run(commit)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
+from server.faults import Phase, Step, fault_point
 from server.storage.base import (
     MAX_TILE_LEVEL,
     MIN_TILE_LEVEL,
@@ -481,6 +482,8 @@ class SQLiteStorage:
             for (level, index), data in batch.tiles.items():
                 if conn.execute(_UPSERT_TILE, (level, index, data)).rowcount != 1:
                     raise IntegrityError(f"tile {(level, index)} update would change stored hashes")
+            fault_point(Step.STORE_HASHES_AND_TILES, Phase.AFTER, conn)
+            fault_point(Step.SWAP_CHECKPOINT, Phase.BEFORE, conn)
             conn.execute(
                 "INSERT INTO checkpoints (tree_size, note) VALUES (?, ?)"
                 " ON CONFLICT (tree_size) DO NOTHING",
@@ -490,7 +493,10 @@ class SQLiteStorage:
                 "UPDATE state SET checkpoint = ?, tree_size = ?, compact_range = ? WHERE id = 1",
                 (batch.checkpoint, batch.tree_size, batch.compact_range),
             )
+            fault_point(Step.SWAP_CHECKPOINT, Phase.AFTER, conn)
+            fault_point(Step.COMMIT, Phase.BEFORE, conn)
             conn.execute("COMMIT")
+            fault_point(Step.COMMIT, Phase.AFTER, conn)
         except BaseException:
             _rollback(conn)
             raise
@@ -498,12 +504,16 @@ class SQLiteStorage:
     @staticmethod
     def _insert_entries(conn: sqlite3.Connection, batch: Batch) -> None:
         entries = batch.entries
+        fault_point(Step.STORE_ENTRIES, Phase.BEFORE, conn)
+        if entries:
+            conn.executemany(
+                "INSERT INTO entries (leaf_index, data, log_time) VALUES (?, ?, ?)",
+                [(e.index, e.data, e.log_time) for e in entries],
+            )
+        fault_point(Step.STORE_ENTRIES, Phase.AFTER, conn)
+        fault_point(Step.STORE_HASHES_AND_TILES, Phase.BEFORE, conn)
         if not entries:
             return
-        conn.executemany(
-            "INSERT INTO entries (leaf_index, data, log_time) VALUES (?, ?, ?)",
-            [(e.index, e.data, e.log_time) for e in entries],
-        )
         conn.executemany(
             "INSERT INTO leaf_hashes (leaf_hash, leaf_index) VALUES (?, ?)",
             [(e.leaf_hash, e.index) for e in entries],
