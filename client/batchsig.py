@@ -42,6 +42,7 @@ Errors: :class:`BatchError` (a ``ValueError``) for malformed values, :class:`Att
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable, Sequence
@@ -297,44 +298,60 @@ def encode_batch_leaf(submitter: str, event_cbor: bytes, proof: BatchProof, log_
     ``event_cbor`` to be the deterministic encoding of a map and ``0 <= log_time < 2**64``.
     """
     path = proof.path
-    inner = b"".join(
-        (
-            b"\xa4",
-            _PATH_KEY,
-            bytes((0x80 + len(path),)),  # at most 16 hashes: a one-byte array head
-            *[_HASH_HEAD + node for node in path],
-            _SIZE_KEY,
-            encode_deterministic(proof.size),
-            _INDEX_KEY,
-            encode_deterministic(proof.index),
-            _SIGNATURE_KEY,
-            _SIGNATURE_HEAD,
-            proof.signature,
-        )
-    )
     return b"".join(
         (
             _LEAF_HEAD,
-            inner,
+            bytes((0x80 + len(path),)),  # at most 16 hashes: a one-byte array head
+            *[_HASH_HEAD + node for node in path],
+            _SIZE_KEY,
+            _uint(proof.size),
+            _INDEX_KEY,
+            _uint(proof.index),
+            _SIGNATURE_KEY,
+            _SIGNATURE_HEAD,
+            proof.signature,
             _EVENT_KEY,
             event_cbor,
             _LOG_TIME_KEY,
-            encode_deterministic(log_time),
+            _uint(log_time),
             _SUBMITTER_KEY,
-            encode_deterministic(submitter),
+            _text(submitter),
         )
     )
+
+
+def _uint(value: int) -> bytes:
+    """Return the deterministic CBOR of an unsigned integer below 2**64 (RFC 8949 §4.2.1)."""
+    if value < 24:
+        return bytes((value,))
+    if value < 0x100:
+        return bytes((0x18, value))
+    if value < 0x10000:
+        return b"\x19" + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return b"\x1a" + value.to_bytes(4, "big")
+    return b"\x1b" + value.to_bytes(8, "big")
+
+
+@functools.lru_cache(maxsize=1024)
+def _text(value: str) -> bytes:
+    """Return the deterministic CBOR of a text string (few distinct submitter names)."""
+    return encode_deterministic(value)
 
 
 # Deterministic CBOR sorts map keys by their encoded bytes (shorter first, then bytewise):
 # leaf: v, batch, event, log_time, submitter; batch: path, size, index, signature.
 _LEAF_HEAD: Final = (
-    b"\xa5" + encode_deterministic("v") + encode_deterministic(1) + encode_deterministic("batch")
+    b"\xa5"
+    + encode_deterministic("v")
+    + encode_deterministic(1)
+    + encode_deterministic("batch")
+    + b"\xa4"
+    + encode_deterministic("path")
 )
 _EVENT_KEY: Final = encode_deterministic("event")
 _LOG_TIME_KEY: Final = encode_deterministic("log_time")
 _SUBMITTER_KEY: Final = encode_deterministic("submitter")
-_PATH_KEY: Final = encode_deterministic("path")
 _SIZE_KEY: Final = encode_deterministic("size")
 _INDEX_KEY: Final = encode_deterministic("index")
 _SIGNATURE_KEY: Final = encode_deterministic("signature")
