@@ -63,6 +63,7 @@ __all__ = [
     "BatchProof",
     "SignedBatch",
     "batch_leaf_hash",
+    "batch_paths",
     "batch_root",
     "batch_signing_message",
     "build_batch",
@@ -223,6 +224,20 @@ def sign_batch(submitter: str, key: Ed25519PrivateKey, root: bytes, size: int) -
     return key.sign(batch_signing_message(submitter, size, root))
 
 
+def batch_paths(event_encodings: Sequence[bytes]) -> tuple[bytes, list[tuple[bytes, ...]]]:
+    """Return the batch root and PATH(i, D[n]) of every event, in order (RFC 6962 §2.1.1).
+
+    About two hashes per event in all, against ``log2(n)`` per event to verify paths one by
+    one: what the log uses when a request holds a whole batch without paths. Raises
+    BatchError for an empty batch or one larger than MAX_BATCH_SIZE.
+    """
+    size = len(event_encodings)
+    if not 1 <= size <= MAX_BATCH_SIZE:
+        raise BatchError(f"a batch holds 1 to {MAX_BATCH_SIZE} events")
+    levels = _levels([batch_leaf_hash(e) for e in event_encodings])
+    return levels[-1][0], _paths(levels, size)
+
+
 def build_batch(
     submitter: str, key: Ed25519PrivateKey, event_encodings: Sequence[bytes]
 ) -> SignedBatch:
@@ -231,15 +246,10 @@ def build_batch(
     Requires each encoding to be the event's deterministic CBOR (what the log re-encodes).
     Raises BatchError for an empty batch or one larger than MAX_BATCH_SIZE, a bad name.
     """
-    size = len(event_encodings)
-    if not 1 <= size <= MAX_BATCH_SIZE:
-        raise BatchError(f"a batch holds 1 to {MAX_BATCH_SIZE} events")
-    levels = _levels([batch_leaf_hash(e) for e in event_encodings])
-    root = levels[-1][0]
+    root, paths = batch_paths(event_encodings)
+    size = len(paths)
     signature = sign_batch(submitter, key, root, size)
-    proofs = tuple(
-        BatchProof(size, index, path, signature) for index, path in enumerate(_paths(levels, size))
-    )
+    proofs = tuple(BatchProof(size, index, path, signature) for index, path in enumerate(paths))
     return SignedBatch(root, signature, proofs)
 
 

@@ -25,15 +25,18 @@ Batch-signed submissions (``POST /v1/events/signed-batch``)
     encodings, and each event carries its index and inclusion path. The signature is verified
     once per request with the submitter's unexpired Ed25519 keys (422 ``bad-signature`` for the
     whole request otherwise); each event's path must lead to the signed root (422
-    ``bad-signature`` for that event). Each event is logged as a batch event leaf
-    (:mod:`server.leaves`: the event with its index, path and the batch signature), so it stays
-    individually attributable offline (:func:`client.batchsig.verify_leaf_attribution`). The
-    answer is ``{"checkpoints": [note, ...], "results": [...]}``, each result either a problem
-    or ``{"index", "leaf_hash", "duplicate", "tree_size", "checkpoint": <position in
-    checkpoints>, "inclusion_proof", "log_time"}``; a duplicate carries ``entry`` (the stored
-    leaf, which may attribute the event through an earlier signature) instead of
-    ``log_time``. A new entry's leaf is not echoed: the submitter rebuilds it from what it sent
-    and ``log_time`` and checks it against ``leaf_hash``.
+    ``bad-signature`` for that event). A request holding the whole batch may leave the paths
+    out: the log rebuilds the tree (the whole request is refused if the events do not make the
+    signed root) and logs each event with its computed path. Each event is logged as a batch
+    event leaf (:mod:`server.leaves`: the event with its index, path and the batch signature),
+    so it stays individually attributable offline
+    (:func:`client.batchsig.verify_leaf_attribution`). The answer is ``{"checkpoints": [note,
+    ...], "results": [...]}``, each result either a problem or ``{"index", "leaf_hash",
+    "duplicate", "tree_size", "checkpoint": <position in checkpoints>, "inclusion_proof",
+    "log_time"}``; a duplicate carries ``entry`` (the stored leaf, which may attribute the event
+    through an earlier signature) instead of ``log_time``. A new entry's leaf is not echoed: the
+    submitter rebuilds it from what it sent and ``log_time`` and checks it against
+    ``leaf_hash``.
 
 SET intake (``POST /v1/sets``, RFC 8935)
     ``Content-Type: application/secevent+jwt``, the submitter's bearer credential, a compact JWS
@@ -79,7 +82,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from client.batchsig import BatchError, BatchProof, root_from_path, verify_batch_signature
+from client.batchsig import (
+    BatchError,
+    BatchProof,
+    batch_paths,
+    root_from_path,
+    verify_batch_signature,
+)
 from client.tokens import is_token_ref
 from merkle.checkpoint import parse_decimal
 from merkle.errors import MalformedError
@@ -393,12 +402,16 @@ class OAuthLayer:
         slots: list[int | dict[str, Any]] = []
         submissions: list[Submission] = []
         now = log_time // 1000
+        whole = self._whole_batch(header, items)
         for position, item in enumerate(items):
             try:
                 if isinstance(item, SignedBatchError):
                     raise Problem(item.slug, item.detail, extra={"pointer": item.pointer})
+                computed = None if whole is None else whole[item.index]
                 submissions.append(
-                    self._batch_submission(submitter, header, item, position, log_time, now)
+                    self._batch_submission(
+                        submitter, header, item, computed, position, log_time, now
+                    )
                 )
                 slots.append(len(submissions) - 1)
             except Problem as problem:
@@ -413,17 +426,53 @@ class OAuthLayer:
             raise unavailable_problem(exc) from None
         return Response(answer, media_type="application/json")
 
+    def _whole_batch(
+        self, header: BatchHeader, items: list[BatchItem | SignedBatchError]
+    ) -> list[tuple[bytes, tuple[bytes, ...]]] | None:
+        """For a request holding a whole batch without paths, rebuild the tree.
+
+        Returns each index's (event encoding, path), or ``None`` when the items carry their
+        own paths. Raises Problem for the whole request: an item that cannot be read or
+        encoded (the tree cannot be rebuilt without it), bad-signature when the events do not
+        make the signed root.
+        """
+        if not any(isinstance(item, BatchItem) and item.path is None for item in items):
+            return None
+        encodings = [b""] * header.size
+        for position, item in enumerate(items):
+            if isinstance(item, SignedBatchError):
+                raise Problem(item.slug, item.detail, extra={"pointer": item.pointer})
+            try:
+                encodings[item.index] = encode_deterministic(item.event)
+            except (UnicodeError, CodecError, RecursionError):
+                raise Problem(
+                    "bad-event",
+                    "the event cannot be encoded, so the batch tree cannot be rebuilt",
+                    extra={"pointer": f"/events/{position}/event"},
+                ) from None
+        root, paths = batch_paths(encodings)
+        if root != header.root:
+            raise Problem(
+                "bad-signature",
+                "these events do not make the signed batch root; nothing was logged",
+                extra={"pointer": "/root"},
+            )
+        return list(zip(encodings, paths, strict=True))
+
     def _batch_submission(
         self,
         submitter: Principal,
         header: BatchHeader,
         item: BatchItem,
+        computed: tuple[bytes, tuple[bytes, ...]] | None,
         position: int,
         log_time: int,
         now: int,
     ) -> Submission:
         """Check one batch item and return its submission.
 
+        ``computed`` is the event's encoding and path when the log rebuilt the batch tree
+        (:meth:`_whole_batch`); otherwise the item's own path must lead to the signed root.
         Raises Problem: forbidden-field, bad-event, bad-signature (the path does not lead to
         the signed root), entry-too-large.
         """
@@ -432,25 +481,30 @@ class OAuthLayer:
         try:
             check_no_secrets(event, pointer)
             validate_event(event, now=now, pointer=pointer)
-            event_bytes = encode_deterministic(event)
+            event_bytes = encode_deterministic(event) if computed is None else computed[0]
         except EventError as exc:
             raise Problem(exc.slug, exc.detail, extra={"pointer": exc.pointer}) from None
         except (UnicodeError, CodecError, RecursionError):
             raise Problem(
                 "bad-event", "the event cannot be encoded", extra={"pointer": pointer}
             ) from None
-        try:
-            root = root_from_path(event_bytes, item.index, header.size, item.path)
-        except BatchError:
-            root = b""
-        if root != header.root:
-            raise Problem(
-                "bad-signature",
-                "the path does not lead from this event to the signed batch root;"
-                " nothing was logged",
-                extra={"pointer": f"/events/{position}/path"},
-            )
-        proof = BatchProof(header.size, item.index, item.path, header.signature)
+        if computed is not None:
+            path = computed[1]
+        else:
+            assert item.path is not None
+            path = item.path
+            try:
+                root = root_from_path(event_bytes, item.index, header.size, path)
+            except BatchError:
+                root = b""
+            if root != header.root:
+                raise Problem(
+                    "bad-signature",
+                    "the path does not lead from this event to the signed batch root;"
+                    " nothing was logged",
+                    extra={"pointer": f"/events/{position}/path"},
+                )
+        proof = BatchProof(header.size, item.index, path, header.signature)
         try:
             data = encode_batch_event_leaf(
                 submitter.name, event_bytes, proof, log_time, self.limits

@@ -14,6 +14,11 @@ object (RFC 8259, UTF-8)::
          "event": {...}},                 the event whose CBOR is leaf ``index``
         ...]}
 
+A request that holds the *whole* batch (``size`` items, so every index once) may omit
+``path`` from every item: the log then rebuilds the tree itself (about two hashes per event
+instead of a path to decode and fold per event) and logs each event with the path it computed.
+Either every item has a path or none has; a partial batch must carry them.
+
 Exactly these members, nowhere more; base64 is canonical standard base64 with padding; numbers
 are integers (no fractions, exponents, NaN); no member name appears twice in an object.
 :func:`parse_signed_batch` checks the shape and the bounds; whether the event is valid and the
@@ -43,6 +48,7 @@ __all__ = [
 
 _BODY_KEYS: Final = frozenset({"size", "root", "signature", "events"})
 _ITEM_KEYS: Final = frozenset({"index", "path", "event"})
+_ITEM_KEYS_NO_PATH: Final = frozenset({"index", "event"})
 _HASH_B64_SIZE: Final = 44
 _SIGNATURE_B64_SIZE: Final = 88
 
@@ -71,7 +77,7 @@ class BatchItem:
     """One event of the request: its index in the batch, its path, and the decoded event."""
 
     index: int
-    path: tuple[bytes, ...]
+    path: tuple[bytes, ...] | None
     event: dict[str, Value]
 
 
@@ -136,11 +142,20 @@ def _hash(value: object, pointer: str) -> bytes:
     )
 
 
-def _item(value: object, size: int, position: int, seen: set[int]) -> BatchItem:
+def _item(
+    value: object, size: int, position: int, seen: set[int], with_path: bool
+) -> BatchItem:
     """Check one element of ``events``. Raises SignedBatchError (pointer into the request)."""
     at = f"/events/{position}"
-    if not isinstance(value, dict) or frozenset(value) != _ITEM_KEYS:
-        raise SignedBatchError("bad-event", "an item holds exactly index, path and event", at)
+    if not isinstance(value, dict) or frozenset(value) != (
+        _ITEM_KEYS if with_path else _ITEM_KEYS_NO_PATH
+    ):
+        raise SignedBatchError(
+            "bad-event",
+            "an item holds exactly index, path and event (path only may be left out, from"
+            " every item of a request holding the whole batch)",
+            at,
+        )
     index = value["index"]
     if type(index) is not int or not 0 <= index < size:
         raise SignedBatchError(
@@ -148,6 +163,12 @@ def _item(value: object, size: int, position: int, seen: set[int]) -> BatchItem:
         )
     if index in seen:
         raise SignedBatchError("bad-event", "this index appears twice in this request", at)
+    event = value["event"]
+    if not isinstance(event, dict):
+        raise SignedBatchError("bad-event", "the event must be a map", f"{at}/event")
+    if not with_path:
+        seen.add(index)
+        return BatchItem(index, None, event)
     raw_path = value["path"]
     want = path_length(index, size)
     if not isinstance(raw_path, list) or len(raw_path) != want:
@@ -157,9 +178,6 @@ def _item(value: object, size: int, position: int, seen: set[int]) -> BatchItem:
             f"{at}/path",
         )
     path = tuple([_hash(node, f"{at}/path") for node in raw_path])
-    event = value["event"]
-    if not isinstance(event, dict):
-        raise SignedBatchError("bad-event", "the event must be a map", f"{at}/event")
     seen.add(index)
     return BatchItem(index, path, event)
 
@@ -170,7 +188,8 @@ def parse_signed_batch(
     """Parse a signed batch request body (see the module docstring).
 
     Requires the body to be bounded already (the caller reads at most the batch byte limit).
-    Returns the header and, in request order, each item or the error refusing it.
+    Returns the header and, in request order, each item or the error refusing it; items have
+    ``path`` None exactly when the request holds the whole batch and no item has a path.
     Raises SignedBatchError for the whole body: bad-json (not UTF-8 JSON, floats, repeated
     members, nesting too deep), bad-event (not the object of the module docstring, no or too
     many events), bad-signature (size, root or signature malformed).
@@ -203,11 +222,14 @@ def parse_signed_batch(
             f"events must hold 1 to min(size, {max_events}) items",
             "/events",
         )
+    with_path = not (
+        len(events) == size and all(isinstance(e, dict) and "path" not in e for e in events)
+    )
     seen: set[int] = set()
     items: list[BatchItem | SignedBatchError] = []
     for position, element in enumerate(events):
         try:
-            items.append(_item(element, size, position, seen))
+            items.append(_item(element, size, position, seen, with_path))
         except SignedBatchError as error:
             items.append(error)
     return BatchHeader(size, root, signature), items

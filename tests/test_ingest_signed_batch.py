@@ -283,3 +283,57 @@ async def test_bad_json_and_foreign_signatures(slog: OAuthLog) -> None:
     response = await slog.client.post(SIGNED_BATCH_PATH, content=text)
     assert response.status_code == 401
     assert (await slog.size())[0] == 0
+
+
+def without_paths(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "events": [{k: v for k, v in i.items() if k != "path"} for i in body["events"]]}
+
+
+async def test_a_whole_batch_may_leave_the_paths_out(log: OAuthLog) -> None:
+    """The log rebuilds the tree; each logged leaf carries the path it computed."""
+    submitter = await log.add_submitter("as-prod")
+    reader = await log.add_reader("auditor")
+    events = [sample_event("token-issued") for _ in range(6)]
+    body = signed_batch(submitter, events)
+    shuffled = without_paths({**body, "events": body["events"][::-1]})
+    response = await post(log, submitter, shuffled)
+    assert response.status_code == 200, response.text[:300]
+    answer = response.json()
+    indexes = check_answer(log, submitter, {**body, "events": body["events"][::-1]}, answer)
+    raw = submitter.key.public_key().public_bytes_raw()
+    for index in indexes:
+        served = await log.client.get(
+            f"/v1/entries/{index}", headers={"authorization": f"Bearer {reader}"}
+        )
+        assert verify_leaf_attribution(base64.b64decode(served.json()["entry"]), [raw])
+
+
+async def test_paths_left_out_wrongly(slog: OAuthLog) -> None:
+    submitter = await slog.add_submitter("as-prod")
+    events = [sample_event("token-issued") for _ in range(4)]
+    body = signed_batch(submitter, events)
+    # A partial batch needs its paths: each pathless item is refused alone.
+    partial = without_paths({**body, "events": body["events"][:3]})
+    results = (await post(slog, submitter, partial)).json()["results"]
+    assert [r["type"] for r in results] == ["urn:etch:error:bad-event"] * 3
+    # Paths on some items only: the pathless ones are refused, the others logged.
+    mixed = {**body, "events": [*without_paths(body)["events"][:1], *body["events"][1:]]}
+    results = (await post(slog, submitter, mixed)).json()["results"]
+    assert results[0]["type"] == "urn:etch:error:bad-event"
+    assert all("leaf_hash" in r for r in results[1:])
+    assert (await slog.size())[0] == 3
+    # A whole batch whose events do not make the signed root: nothing is logged.
+    other = signed_batch(submitter, [sample_event("token-issued") for _ in range(4)])
+    forged = without_paths({**other, "events": body["events"]})
+    response = await post(slog, submitter, forged)
+    assert response.status_code == 422
+    assert response.json()["type"] == "urn:etch:error:bad-signature"
+    # A whole batch with an invalid event: that event alone is refused.
+    broken = [dict(e) for e in events]
+    broken[2]["iat"] = -1
+    body = without_paths(signed_batch(submitter, broken))
+    results = (await post(slog, submitter, body)).json()["results"]
+    assert results[2]["type"] == "urn:etch:error:bad-event"
+    # Event 0 was refused above (no path), so it is new now; 1 and 3 were logged.
+    assert [r.get("duplicate") for r in results] == [False, True, None, True]
+    assert (await slog.size())[0] == 4
