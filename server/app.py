@@ -688,6 +688,13 @@ def _parse_hex_hash(raw: str) -> bytes:
     return bytes.fromhex(raw)
 
 
+async def _storage_failed(request: Request, error: Exception) -> Response:
+    """Answer a request that storage could not serve (database down, disk full or failing)
+    with the 503 ``unavailable`` problem and ``Retry-After``; the cause is not disclosed."""
+    del request
+    return _unavailable(error).to_response()
+
+
 def _counting(handlers: dict[Any, Any], service: LogService) -> dict[Any, Any]:
     """Wrap the problem handlers so every problem answer is counted by its type."""
 
@@ -701,6 +708,8 @@ def _counting(handlers: dict[Any, Any], service: LogService) -> dict[Any, Any]:
                 slug = problem_from_codec_error(error).slug
             elif isinstance(error, HTTPException):
                 slug = problem_from_http_exception(error).slug
+            elif isinstance(error, StorageError):
+                slug = "unavailable"
             service.metrics.errors.labels(slug).inc()
             return response
 
@@ -768,7 +777,9 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        exception_handlers=_counting(exception_handlers(), service),
+        exception_handlers=_counting(
+            {**exception_handlers(), StorageError: _storage_failed}, service
+        ),
         lifespan=lifespan,
     )
     app.state.log = service

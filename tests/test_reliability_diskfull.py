@@ -32,10 +32,11 @@ import pwd
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -43,6 +44,7 @@ from server.fsck import fsck
 from server.storage import open_storage
 from tests.pg import SUPERUSER, PgServer, PgUnavailable, find_bin_dir, unavailable
 from tests.server_helpers import LogProcess
+from tests.server_helpers import open_note as open_log_note
 from tests.test_reliability_syscalls import Seen, check_refused, seen_for, submit, verify_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -134,13 +136,42 @@ async def wait_until_accepted(api: httpx.AsyncClient, seen: Seen, within: float)
     raise AssertionError(f"submissions still refused {within} s after space was freed")
 
 
+async def reads_while_down(api: httpx.AsyncClient, seen: Seen) -> dict[str, int]:
+    """With the database down: the last checkpoint is still served from memory; tiles and
+    proofs are served from the tile cache or refused with 503 + Retry-After. Returns the
+    status of each read."""
+    response = await api.get("/checkpoint")
+    assert response.status_code == 200, response.text
+    newest = max(seen.checkpoints)
+    assert open_log_note(response.content, seen.verifier) == seen.checkpoints[newest]
+    statuses = {"checkpoint": 200}
+    index, _ = next(iter(seen.acknowledged.values()))
+    for name, path in [
+        ("tile", "/tile/0/000" if newest >= 256 else f"/tile/0/000.p/{newest}"),
+        ("inclusion", f"/v1/proof/inclusion?index={index}&tree_size={newest}"),
+        ("consistency", f"/v1/proof/consistency?first=1&second={newest}"),
+    ]:
+        response = await api.get(path)
+        if response.status_code != 200:
+            check_refused(response)
+        statuses[name] = response.status_code
+    return statuses
+
+
 async def full_disk_round(
-    log: LogProcess, ballast: Path, *, freed: Any = None
+    log: LogProcess,
+    ballast: Path,
+    *,
+    filled: Callable[[], Awaitable[None]] | None = None,
+    down: Callable[[], bool] = lambda: False,
+    freed: Callable[[], None] | None = None,
 ) -> tuple[Seen, dict[str, Any]]:
     """Load, fill the disk, check refusals and reads, free the space, check the log resumes.
 
-    ``freed`` is called (no arguments) after the ballast is deleted, before submitting again.
-    Returns what the clients saw and figures for the report.
+    ``filled`` is awaited right after the disk is full, ``down`` says whether the database
+    is down (then reads are checked with :func:`reads_while_down`), ``freed`` is called after
+    the ballast is deleted, before submitting again. Returns what the clients saw and figures
+    for the report.
     """
     seen = seen_for(log)
     pid = log.pid
@@ -150,6 +181,8 @@ async def full_disk_round(
             events = [{"t": "before", "b": number, "n": n} for n in range(BATCH)]
             assert await submit_batch(api, seen, events) is None
         figures["ballast_bytes"] = fill(ballast)
+        if filled is not None:
+            await filled()
         logged, detail = await load_until_refused(api, seen, "full")
         figures["batches_after_fill"], figures["refusal"] = logged, detail
         for n in range(3):  # still full: single submissions are refused the same way
@@ -159,7 +192,11 @@ async def full_disk_round(
                 check_refused(response)
                 seen.refused.append(sent)
         # Reads go on: the last checkpoint, every tile, proofs of every acknowledged event.
-        await verify_log(api, seen)
+        figures["database_down"] = down()
+        if figures["database_down"]:
+            figures["reads_while_down"] = await reads_while_down(api, seen)
+        else:
+            await verify_log(api, seen)
         health = await api.get("/healthz")
         figures["healthz_while_full"] = health.status_code
         os.unlink(ballast)
@@ -223,7 +260,12 @@ def pg_on(mount: Path) -> PgServer:
     return server
 
 
-async def test_postgres_disk_full(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wal", ["current-segment", "new-segment"])
+async def test_postgres_disk_full(tmp_path: Path, wal: str) -> None:
+    """``current-segment``: the disk fills while WAL still fits in its segment: inserts fail
+    (53100) and PostgreSQL stays up. ``new-segment``: a WAL switch right after the disk is full
+    makes PostgreSQL create a segment it cannot write, so it PANICs and stays down until the
+    test restarts it (after freeing the space)."""
     require_root()
     # The socket path must stay short and the postgres user must reach the directory.
     where = Path(tempfile.mkdtemp(prefix="etch-pgfull-", dir="/tmp"))
@@ -241,13 +283,31 @@ async def test_postgres_disk_full(tmp_path: Path) -> None:
             log = LogProcess(tmp_path / "data", database_url=server.dsn, batch_period_ms=2)
             try:
                 await log.start()
-                seen, figures = await full_disk_round(log, mount / "ballast", freed=restart_if_down)
+
+                async def switch_wal() -> None:
+                    connection = await asyncpg.connect(server.dsn)
+                    try:
+                        await connection.execute("SELECT pg_switch_wal()")
+                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                        pass  # PostgreSQL may PANIC already on the switch
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await connection.close()
+
+                seen, figures = await full_disk_round(
+                    log,
+                    mount / "ballast",
+                    filled=switch_wal if wal == "new-segment" else None,
+                    down=lambda: not server.is_running(),
+                    freed=restart_if_down,
+                )
                 await check_fsck(server.dsn, seen)
             finally:
                 log.kill()
                 server.destroy()
             figures["postgres_panicked"] = panicked == [True]
-            print(f"PostgreSQL disk full: {figures}")
+            print(f"PostgreSQL disk full ({wal}): {figures}")
+            assert figures["database_down"] == figures["postgres_panicked"]
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(where)
