@@ -82,7 +82,7 @@ The ``[limits]`` table takes the fields of :class:`server.codec.Limits` (``max_b
   never changes afterwards. ``not_after`` (a TOML date-time with an offset, e.g.
   ``2026-07-01T00:00:00Z``) freezes the log at that instant without a restart. Freezing is
   recorded in the log's storage: a frozen log stays frozen when the flag is later removed.
-  Several logs are not supported in cluster mode.
+  Neither several logs nor freezing are supported in cluster mode.
 
 Parsing is strict: unknown TOML keys, wrong TOML types, integers written as ``"+5"``, ``" 5"``,
 ``"05"``, ``"5_000"`` or with non-ASCII digits, out-of-range numbers and empty values are each a
@@ -459,6 +459,8 @@ class Settings:
                 raise ConfigError(f"Settings.{item.name}: {error}") from None
             if checked != value:
                 raise ConfigError(f"Settings.{item.name}: must be given in canonical form")
+        if self.frozen and self.clustered:
+            raise ConfigError("frozen: a log in cluster mode cannot be frozen")
         self._check_logs()
 
     def _check_logs(self) -> None:

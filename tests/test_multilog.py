@@ -569,6 +569,7 @@ database_url = "{tmp_path / "tenant.db"}"
         ),
         ('[logs.a]\norigin = "x/a"\ndata_dir = "DATA"\n', "also the data_dir of default"),
         ('successor = "a"\n', "there is no \\[logs.<name>\\] table"),
+        ('frozen = true\nworkers = 2\ndatabase_url = "postgresql://h/db"\n', "cluster mode"),
     ],
 )
 def test_config_refuses_bad_logs_tables(tmp_path: Path, body: str, message: str) -> None:
