@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -331,8 +332,11 @@ ROUND_B = [b"b-%d" % i for i in range(3)]
 ROUND_C = [b"c-%d" % i for i in range(2)]
 
 
-async def test_fault_cell(cell: Cell, running: Running, url: str) -> None:
+async def test_fault_cell(
+    cell: Cell, running: Running, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Inject the cell's fault into round B; the log does what the table says, and stays whole."""
+    caplog.set_level(logging.INFO, logger="server.storage.postgres")
     log = running
     plan = FaultPlan(cell)
     with installed(plan):
@@ -366,6 +370,7 @@ async def test_fault_cell(cell: Cell, running: Running, url: str) -> None:
         duplicate = cell.outcome is Outcome.RETRY_DUPLICATE
         assert [(r.index, r.duplicate) for r in outcome] == [(i, duplicate) for i in (3, 4, 5)]
         await eventually(lambda: published_size(log) == 6, "round B published")
+        check_where_it_struck(cell, log, caplog.messages)
         assert log.service.sequencer.failure is None
         assert log.service.healthy == (True, "ok")
 
@@ -375,6 +380,21 @@ async def test_fault_cell(cell: Cell, running: Running, url: str) -> None:
         await eventually(lambda: published_size(log) == 8, "the final checkpoint published")
     await check_whole_log(log)
     await check_offline(url, log.verifier)
+
+
+def check_where_it_struck(cell: Cell, log: Running, messages: list[str]) -> None:
+    """The fault really was what the cell says: a lost connection, a witness that cosigned."""
+    if cell.backend == "postgres" and cell.step in STORAGE_STEPS:
+        lost = [m for m in messages if m.startswith("PostgreSQL connection lost")]
+        assert len(lost) == 1, messages  # the backend retried once on a new connection
+    if cell.step is Step.PUSH_TO_WITNESS:
+        assert log.witness is not None
+        seen = log.witness.seen
+        if cell.mode is Mode.NOT_PERSISTED:  # the first push never reached the witness
+            assert seen.count((3, 6)) == 1, seen
+        else:  # it cosigned, the answer was lost: the next push learns its size from a 409
+            assert seen.count((3, 6)) == 2, seen
+            assert (6, 6) in seen, seen
 
 
 # -- the integrity check --------------------------------------------------------------------------
