@@ -19,7 +19,8 @@ saves a ``409`` round trip after a restart). Every publication is logged at debu
 ``published checkpoint <size> with <n> cosignatures, <t> ms after the pushes began``
 (``re-published ...`` for the later ones).
 
-Sequencing never waits for this: a checkpoint that misses its quorum is retried (with the then
+Sequencing never waits for this: a checkpoint that misses its quorum, or whose publication
+failed (storage, or an unexpected error, which is logged), is retried (with the then
 newest checkpoint, after a back-off), and the last published checkpoint keeps serving
 ``/checkpoint`` and receipts. A witness that reports a size larger than the log's own tree has
 seen a history this log does not have (a rollback or a fork): that is logged as an error,
@@ -138,6 +139,10 @@ class WitnessCollector:
                 done = await self.witness(note, size)
             except (StorageError, MerkleError, LookupError) as exc:
                 log.warning("witnessing size %d failed: %s", size, exc)
+                done = False
+            except Exception:
+                # Anything else is a bug; it must not end publication for good: retry later.
+                log.exception("witnessing size %d failed unexpectedly", size)
                 done = False
             if done:
                 backoff = 0.1

@@ -23,7 +23,8 @@ How each fault is made (:class:`FaultPlan`):
   gives for a connection lost mid-operation, though the transaction committed;
 * a push to a witness raises ``httpx.ConnectError`` before the request ("did not persist") or
   ``httpx.ReadError`` after the witness cosigned (the answer was lost);
-* storing the cosigned checkpoint raises ``StorageUnavailable``.
+* storing the cosigned checkpoint raises ``StorageUnavailable``; after it is stored and
+  published, :class:`server.faults.InjectedFault` stands for a failing publication listener.
 
 The outcomes (:class:`Outcome`): the round's submitters are answered as if nothing happened
 (``ANSWERED``: the fault was absorbed, e.g. by the PostgreSQL backend's one retry of an
@@ -223,7 +224,7 @@ class FaultPlan:
             if point.phase is Phase.BEFORE:
                 raise httpx.ConnectError("injected: witness unreachable", request=request)
             raise httpx.ReadError("injected: answer lost after the witness cosigned")
-        if step is Step.PUBLISH_COSIGNED:
+        if step is Step.PUBLISH_COSIGNED and point.phase is Phase.BEFORE:
             raise StorageUnavailable("injected: cannot store the cosigned checkpoint")
         raise InjectedFault(f"injected {point}")
 
