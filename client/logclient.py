@@ -803,7 +803,9 @@ def _load_evidence(data: bytes) -> dict[str, Any]:
         raise VerificationError(f"evidence is larger than {MAX_STATE_BYTES} bytes")
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 text can hold.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, json.JSONDecodeError) as exc:
         raise VerificationError(f"evidence is not UTF-8 JSON: {exc}") from None
     if not isinstance(document, dict) or set(document) != _CLIENT_EVIDENCE_KEYS:
         raise VerificationError(

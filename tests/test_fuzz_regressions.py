@@ -1,0 +1,29 @@
+"""Inputs the fuzzers (``make fuzz``: atheris, hypothesis, schemathesis) found to crash a parser.
+
+Each test feeds the exact crashing input to the fuzz target that found it (the target allows
+only the parser's documented errors, so the old crash fails the test) and checks the refusal
+the fixed parser now gives.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from client.errors import VerificationError
+from client.logclient import verify_client_evidence
+from tests.fuzz.seeds import material
+from tests.fuzz.targets import run_target
+
+# client.logclient.verify_client_evidence: a JSON "\ud800" escape in the trusted checkpoint
+# decoded to a lone surrogate, and encoding the note raised UnicodeEncodeError.
+CLIENT_EVIDENCE_LONE_SURROGATE = (
+    b'{"format": "etch-client-evidence/v1", "kind": "rollback", "origin": "o", "log": "l", '
+    b'"trusted": {"tree_size": 1, "checkpoint": "\\ud800"}, "presented": null, "proof": [], '
+    b'"checked": "c", "reason": "r", "details": {}, "observed_at": 0}'
+)
+
+
+def test_client_evidence_lone_surrogate() -> None:
+    run_target("client_evidence", CLIENT_EVIDENCE_LONE_SURROGATE)
+    with pytest.raises(VerificationError, match="not UTF-8 JSON"):
+        verify_client_evidence(CLIENT_EVIDENCE_LONE_SURROGATE, material().log_verifier.vkey)
