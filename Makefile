@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DATA ?= .etch
 
-.PHONY: run test lint typecheck unit bench clean venv browser
+.PHONY: run test lint typecheck unit bench clean venv browser fuzz
 
 venv: $(STAMP)
 
@@ -35,6 +35,25 @@ browser: $(BROWSER_STAMP)
 $(BROWSER_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,browser]'
 	touch $(BROWSER_STAMP)
+
+# Fuzzing (not part of `make test`): every atheris target for FUZZ_SECONDS each, the hypothesis
+# fuzz targets at FUZZ_EXAMPLES examples, then schemathesis against a live log and a live witness
+# (FUZZ_API_SECONDS each). Exits non-zero on any crash or 5xx; crash inputs go to /tmp/etch-fuzz.
+FUZZ_STAMP := $(VENV)/.fuzz-stamp
+FUZZ_SECONDS ?= 20
+FUZZ_EXAMPLES ?= 1000
+FUZZ_API_SECONDS ?= 240
+
+$(FUZZ_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,fuzz]'
+	touch $(FUZZ_STAMP)
+
+fuzz: $(FUZZ_STAMP)
+	status=0; \
+	$(PY) -m tests.fuzz.run_atheris all --seconds $(FUZZ_SECONDS) || status=1; \
+	ETCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ETCH_FUZZ_API_SECONDS=$(FUZZ_API_SECONDS) \
+	  $(PY) -m pytest -q -p no:cacheprovider --timeout=3600 tests/fuzz || status=1; \
+	exit $$status
 
 run: $(STAMP)
 	$(PY) -m server.devrun --data-dir $(DATA)
