@@ -27,6 +27,19 @@ How an event travels:
    hashes to ``leaf_hash`` and holds exactly the event and signature sent. The verified receipt
    is then kept in the spool (:meth:`Emitter.receipt`) and passed to ``on_receipt``.
 
+Batch-root signing (``batch_signing``, on by default when ``submitter`` is given, the name the
+signed message must carry): the writer spools events unsigned, and the delivery thread signs
+each batch it sends once (:mod:`client.batchsig`): the RFC 6962 root of the batch's event
+encodings, with the submitter's name and the batch size, one Ed25519 signature per request
+instead of one per event. The batch goes to ``POST /v1/events/signed-batch`` as ``{"size",
+"root", "signature", "events": [{"index", "event"}, ...]}`` (a whole batch: the log rebuilds the
+tree and logs each event with its path, so every entry stays attributable to this submitter on
+its own). Answers are verified by :func:`verify_batch_result`: the emitter rebuilds the leaf the
+log must have written (the event, its index, path and the batch signature, the log's
+``log_time``) and checks it against ``leaf_hash``, then the checkpoint and inclusion proof as
+above. A log that does not know the route (404, 405) turns batch signing off for this emitter:
+events are then signed one by one at delivery. Retries form new batches (a new signature each).
+
 Failures and retries:
 
 * transport errors, timeouts, 429, 5xx, 401/403 (a credential problem the operator can fix)
@@ -99,7 +112,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -110,6 +123,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from client.batchsig import BatchProof, batch_paths, encode_batch_leaf, sign_batch
 from client.cbor import CBORError, decode_deterministic, encode_deterministic
 from client.spool import (
     Deferral,
@@ -133,12 +147,13 @@ from merkle.note import (
     encode_base64,
     parse_private_key,
 )
-from merkle.receipt import parse_receipt
+from merkle.receipt import Receipt, format_receipt, parse_receipt
 from merkle.tree import verify_inclusion
 
 __all__ = [
     "BATCH_PATH",
     "EVENT_SIGNATURE_CONTEXT",
+    "SIGNED_BATCH_PATH",
     "DurableTimeoutError",
     "Emitter",
     "EmitterClosedError",
@@ -152,6 +167,7 @@ __all__ = [
     "load_signing_key",
     "parse_retry_after",
     "sign_event",
+    "verify_batch_result",
     "verify_result",
 ]
 
@@ -160,7 +176,9 @@ log = logging.getLogger(__name__)
 EVENT_SIGNATURE_CONTEXT: Final = b"etch/event/v1\x00"
 """Domain prefix of the submitter's signature: it signs this followed by the event's CBOR."""
 BATCH_PATH: Final = "/v1/events/batch"
-"""Where the delivery thread posts batches, relative to the log URL."""
+"""Where the delivery thread posts batches of signed events, relative to the log URL."""
+SIGNED_BATCH_PATH: Final = "/v1/events/signed-batch"
+"""Where the delivery thread posts batch-root signed batches, relative to the log URL."""
 MAX_EVENT_NESTING: Final = 32
 """Deepest nesting of lists and maps :meth:`Emitter.emit` accepts in an event."""
 
@@ -442,6 +460,102 @@ def _check_entry(entry: bytes, event: bytes, signature: bytes, submitter: str | 
         raise ReceiptError("the entry holds another signature than the one sent")
 
 
+def verify_batch_result(
+    result: Mapping[str, Any],
+    checkpoints: Sequence[Any],
+    event: bytes,
+    proof: BatchProof,
+    submitter: str,
+    log_verifier: Verifier,
+    *,
+    verified: dict[bytes, Checkpoint] | None = None,
+) -> tuple[int, bytes, int, bytes, bytes, bytes, bool]:
+    """Verify one result of ``POST /v1/events/signed-batch`` for an event sent; return its parts.
+
+    ``event`` is the deterministic CBOR sent, ``proof`` its index, path and batch signature,
+    ``submitter`` the name the batch signature carries, ``checkpoints`` the answer's list of
+    checkpoint notes. The result must be ``{"index", "leaf_hash", "duplicate", "tree_size",
+    "checkpoint" (a position in checkpoints), "inclusion_proof"}`` plus ``log_time`` for a new
+    entry or ``entry`` (standard base64) for a duplicate, and:
+
+    * a new entry: the batch event leaf rebuilt from ``submitter``, ``event``, ``proof`` and
+      ``log_time`` (:func:`client.batchsig.encode_batch_leaf`) hashes to ``leaf_hash``;
+    * a duplicate: ``entry`` hashes to ``leaf_hash`` and is an event leaf (either kind) of
+      ``submitter`` holding exactly ``event``;
+    * the checkpoint carries a valid signature by ``log_verifier`` for ``tree_size``, and the
+      inclusion proof leads from ``leaf_hash`` at ``index`` to its root (RFC 9162 §2.1.3.2).
+
+    Returns ``(index, leaf_hash, tree_size, checkpoint note, receipt text, entry, duplicate)``,
+    the receipt being the C2SP tlog-proof of the index, proof and checkpoint.
+    Raises ReceiptError naming the first check that failed.
+    """
+    index = _take(result, "index", int)
+    tree_size = _take(result, "tree_size", int)
+    duplicate = _take(result, "duplicate", bool)
+    position = _take(result, "checkpoint", int)
+    value = _b64(result, "leaf_hash")
+    raw_proof = _take(result, "inclusion_proof", list)
+    if not 0 <= position < len(checkpoints) or type(checkpoints[position]) is not str:
+        raise ReceiptError("the result names no checkpoint of the answer")
+    checkpoint = checkpoints[position].encode("utf-8")
+    if len(value) != HASH_SIZE or not 0 <= index < tree_size:
+        raise ReceiptError("the log's answer has an invalid leaf hash, index or tree size")
+    hashes: list[bytes] = []
+    for item in raw_proof:
+        if type(item) is not str:
+            raise ReceiptError("the inclusion proof holds a value that is not a hash")
+        try:
+            hashes.append(decode_base64(item, what="inclusion proof hash"))
+        except MalformedError as exc:
+            raise ReceiptError(str(exc)) from None
+    if duplicate:
+        entry = _b64(result, "entry")
+        if leaf_hash(entry) != value:
+            raise ReceiptError("the entry does not hash to the leaf hash")
+        _check_stored(entry, event, submitter)
+    else:
+        log_time = _take(result, "log_time", int)
+        if not 0 <= log_time <= _INT_MAX:
+            raise ReceiptError("the log's answer has an invalid log time")
+        entry = encode_batch_leaf(submitter, event, proof, log_time)
+        if leaf_hash(entry) != value:
+            raise ReceiptError("the logged leaf is not the event, index, path and signature sent")
+    try:
+        parsed = verified.get(checkpoint) if verified is not None else None
+        if parsed is None:
+            parsed, _, _ = open_checkpoint(checkpoint, log_verifier)
+            if verified is not None:
+                verified[checkpoint] = parsed
+        if parsed.tree_size != tree_size:
+            raise ReceiptError(
+                f"the checkpoint is for size {parsed.tree_size}, the answer says {tree_size}"
+            )
+        verify_inclusion(value, index, tree_size, hashes, parsed.root_hash)
+    except MerkleError as exc:
+        raise ReceiptError(f"{type(exc).__name__}: {exc}") from None
+    receipt = format_receipt(Receipt(index, tuple(hashes), checkpoint))
+    return index, value, tree_size, checkpoint, receipt, entry, duplicate
+
+
+_BATCH_LEAF_KEYS: Final = frozenset({"v", "submitter", "event", "batch", "log_time"})
+
+
+def _check_stored(entry: bytes, event: bytes, submitter: str) -> None:
+    """Check that a stored event leaf (per-event or batch) of ``submitter`` holds ``event``."""
+    try:
+        leaf = decode_deterministic(entry)
+    except CBORError as exc:
+        raise ReceiptError(f"the entry is not deterministic CBOR: {exc}") from None
+    if not isinstance(leaf, dict) or frozenset(leaf) not in (_LEAF_KEYS, _BATCH_LEAF_KEYS):
+        raise ReceiptError("the entry is not an event leaf")
+    if type(leaf["v"]) is not int or leaf["v"] != 1:
+        raise ReceiptError("the entry is not a version 1 leaf")
+    if leaf["submitter"] != submitter:
+        raise ReceiptError("the entry names another submitter")
+    if encode_deterministic(leaf["event"]) != event:
+        raise ReceiptError("the entry holds another event than the one sent")
+
+
 def _snapshot(value: object, depth: int) -> object:
     """Return a private deep copy of an event value, checking its types and ranges.
 
@@ -653,12 +767,14 @@ class Emitter:
     log's signed-note verifier key that receipts must verify under. ``issuer`` fills ``iss``
     when an event has none; ``submitter`` (optional) is the name the log must record.
     ``on_receipt`` is called on the delivery thread with each verified receipt (exceptions are
-    logged and ignored). ``transport`` replaces the HTTP transport (tests); ``registry``
-    receives the metrics.
+    logged and ignored). ``batch_signing`` (default: on when ``submitter`` is given) signs one
+    batch root per delivery request instead of every event (see the module docstring).
+    ``transport`` replaces the HTTP transport (tests); ``registry`` receives the metrics.
 
     Raises SpoolError / SpoolLockedError when the spool cannot be opened or is in use,
     ValueError for a malformed ``log_url`` or ``log_vkey``, or when ``registry`` already holds
-    another emitter's metrics (give each emitter its own registry).
+    another emitter's metrics (give each emitter its own registry), or for ``batch_signing``
+    without ``submitter``.
     """
 
     def __init__(
@@ -675,7 +791,12 @@ class Emitter:
         registry: CollectorRegistry | None = None,
         on_receipt: Callable[[StoredReceipt], None] | None = None,
         transport: httpx.BaseTransport | None = None,
+        batch_signing: bool | None = None,
     ) -> None:
+        if batch_signing is None:
+            batch_signing = submitter is not None
+        if batch_signing and submitter is None:
+            raise ValueError("batch signing needs the submitter name the log registered")
         parsed = httpx.URL(log_url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("log_url must be an http or https URL")
@@ -691,6 +812,7 @@ class Emitter:
         self._key = signing_key
         self._issuer = issuer
         self._submitter = submitter
+        self._batch_signing = batch_signing
         self._on_receipt = on_receipt
         self._transport = transport
         self._path = Path(spool_path)
@@ -933,7 +1055,11 @@ class Emitter:
         space_bytes -= sum(row.size for row, _ in carry)
         for _ in range(count):
             event, jti, waiter = queue.popleft()
-            data, signature = sign_event(event, self._key)
+            if self._batch_signing:
+                # Signed at delivery, one signature per batch (client.batchsig).
+                data, signature = encode_deterministic(event), b""  # type: ignore[arg-type]
+            else:
+                data, signature = sign_event(event, self._key)
             row = NewEvent(jti, data, signature, now_ms)
             if space_rows < 1 or space_bytes < row.size:
                 dropped.append(waiter)
@@ -1100,9 +1226,48 @@ class Emitter:
             size += len(part) + 1
         return b"[" + b",".join(parts) + b"]", len(parts)
 
-    def _post(self, client: httpx.Client, body: bytes) -> tuple[int, httpx.Headers, bytes]:
+    def _signed_body(
+        self, rows: Sequence[SpooledEvent]
+    ) -> tuple[bytes, int, list[BatchProof]]:
+        """Return the signed-batch body for a prefix of ``rows``, how many it holds, and each
+        event's proof (one signature over the batch root, :mod:`client.batchsig`)."""
+        assert self._submitter is not None
+        parts: list[bytes] = []
+        size = 256  # size, root, signature and the brackets
+        for index, row in enumerate(rows):
+            event = json.dumps(
+                decode_deterministic(row.event), separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
+            part = b'{"index":%d,"event":%s}' % (index, event)
+            if parts and size + len(part) + 1 > self.config.max_batch_bytes:
+                break
+            parts.append(part)
+            size += len(part) + 1
+        encodings = [row.event for row in rows[: len(parts)]]
+        root, paths = batch_paths(encodings)
+        signature = sign_batch(self._submitter, self._key, root, len(parts))
+        proofs = [BatchProof(len(parts), i, path, signature) for i, path in enumerate(paths)]
+        head = b'{"size":%d,"root":"%s","signature":"%s","events":[' % (
+            len(parts),
+            encode_base64(root).encode("ascii"),
+            encode_base64(signature).encode("ascii"),
+        )
+        return head + b",".join(parts) + b"]}", len(parts), proofs
+
+    def _with_signatures(self, rows: list[SpooledEvent]) -> list[SpooledEvent]:
+        """Sign the rows spooled unsigned (for batch signing) one by one, for BATCH_PATH."""
+        return [
+            row if row.signature else replace(
+                row, signature=self._key.sign(event_signature_message(row.event))
+            )
+            for row in rows
+        ]
+
+    def _post(
+        self, client: httpx.Client, body: bytes, path: str = BATCH_PATH
+    ) -> tuple[int, httpx.Headers, bytes]:
         """POST one batch; return status, headers and body (bounded). Raises httpx errors."""
-        with client.stream("POST", BATCH_PATH, content=body) as response:
+        with client.stream("POST", path, content=body) as response:
             chunks: list[bytes] = []
             size = 0
             for chunk in response.iter_bytes():
@@ -1116,12 +1281,19 @@ class Emitter:
         self, client: httpx.Client, spool: Spool, rows: list[SpooledEvent], batch_limit: int
     ) -> tuple[float | None, int]:
         """Send one batch and settle it; return (retry delay or None, next batch limit)."""
-        body, count = self._body(rows)
+        proofs: list[BatchProof] | None = None
+        if self._batch_signing:
+            body, count, proofs = self._signed_body(rows)
+            path = SIGNED_BATCH_PATH
+        else:
+            rows = self._with_signatures(rows)
+            body, count = self._body(rows)
+            path = BATCH_PATH
         rows = rows[:count]
         with self._state:
             self._requests += 1
         try:
-            status, headers, content = self._post(client, body)
+            status, headers, content = self._post(client, body, path)
         except httpx.HTTPError as exc:
             self._transient(f"cannot reach the log: {type(exc).__name__}")
             return 0.0, batch_limit
@@ -1129,14 +1301,26 @@ class Emitter:
             if self._streak:
                 log.info("emitter: the log takes events again after %d failures", self._streak)
             try:
-                results = json.loads(content)["results"]
+                answer = json.loads(content)
+                results = answer["results"]
+                checkpoints = answer["checkpoints"] if proofs is not None else []
             except (ValueError, KeyError, TypeError):
-                results = None
-            if not isinstance(results, list) or len(results) != len(rows):
+                results = checkpoints = None
+            if (
+                not isinstance(results, list)
+                or len(results) != len(rows)
+                or not isinstance(checkpoints, list)
+            ):
                 self._transient("the log's answer is not a results list for the batch")
                 return 0.0, batch_limit
-            self._settle(spool, rows, results)
+            self._settle(spool, rows, results, proofs, checkpoints)
             return None, min(self.config.batch_size, batch_limit * 2)
+        if proofs is not None and status in (404, 405):
+            self._batch_signing = False
+            self._note_error(
+                f"the log answered {status} to {SIGNED_BATCH_PATH}: signing events one by one"
+            )
+            return 0.0, batch_limit
         retry_after = parse_retry_after(headers.get("retry-after", ""), time.time())
         if status in (408, 425, 429) or status >= 500 or status in (401, 403, 404, 405):
             self._transient(f"the log answered {status} to a batch")
@@ -1164,14 +1348,24 @@ class Emitter:
         refusal = _refusal(row.seq, status, problem if isinstance(problem, dict) else {})
         self._apply(spool, [], [refusal], [], [row])
 
-    def _settle(self, spool: Spool, rows: Sequence[SpooledEvent], results: Sequence[Any]) -> None:
-        """Verify each result, then record deliveries, refusals and deferrals at once."""
+    def _settle(
+        self,
+        spool: Spool,
+        rows: Sequence[SpooledEvent],
+        results: Sequence[Any],
+        proofs: Sequence[BatchProof] | None = None,
+        checkpoints: Sequence[Any] = (),
+    ) -> None:
+        """Verify each result, then record deliveries, refusals and deferrals at once.
+
+        ``proofs`` (each row's batch proof) and ``checkpoints`` are given for a signed batch.
+        """
         now = _now_ms()
         verified: dict[bytes, Checkpoint] = {}
         delivered: list[StoredReceipt] = []
         refused: list[Refusal] = []
         deferred: list[Deferral] = []
-        for row, result in zip(rows, results, strict=True):
+        for position, (row, result) in enumerate(zip(rows, results, strict=True)):
             if isinstance(result, dict) and "leaf_hash" not in result and "status" in result:
                 status = result.get("status")
                 if type(status) is int and (status in _TRANSIENT_EVENT_STATUSES or status >= 500):
@@ -1184,10 +1378,17 @@ class Emitter:
             try:
                 if not isinstance(result, dict):
                     raise ReceiptError("a result is not a JSON object")
-                index, value, size, note, receipt, entry, duplicate = verify_result(
-                    result, row.event, row.signature, self._verifier,
-                    submitter=self._submitter, verified=verified,
-                )
+                if proofs is not None:
+                    assert self._submitter is not None
+                    index, value, size, note, receipt, entry, duplicate = verify_batch_result(
+                        result, checkpoints, row.event, proofs[position], self._submitter,
+                        self._verifier, verified=verified,
+                    )
+                else:
+                    index, value, size, note, receipt, entry, duplicate = verify_result(
+                        result, row.event, row.signature, self._verifier,
+                        submitter=self._submitter, verified=verified,
+                    )
             except ReceiptError as exc:
                 with self._state:
                     self._receipt_errors += 1

@@ -5,7 +5,8 @@ are kept here so the OAuth server can hand them out. Two tables and a version:
 
 ``outbox``
     one row per signed event not yet delivered: ``seq`` (increasing, never reused), ``jti``,
-    ``event`` (the deterministic CBOR the signature covers), ``signature`` (64-byte Ed25519),
+    ``event`` (the deterministic CBOR the signature covers), ``signature`` (64-byte Ed25519, or
+    empty when the emitter signs batch roots at delivery instead, :mod:`client.batchsig`),
     ``created_ms``, ``attempts``, ``next_attempt_ms``, ``state`` (``pending`` or ``failed``) and
     the last error. ``failed`` rows were refused for good by the log (a 4xx problem): they are
     never sent again unchanged and stay for inspection until discarded or put back.

@@ -1,13 +1,16 @@
-"""A small in-memory log that speaks Etch's batch submission format, for the emitter's tests.
-
-It answers ``POST /v1/events/batch`` the way the real log does (``{"results": [...]}`` in
-request order, each a result with a real RFC 6962 inclusion proof against a checkpoint signed
-with its own key, or an RFC 9457 problem), and it checks what a real log checks: the bearer
-credential, the Ed25519 signature over ``b"etch/event/v1\\x00" + deterministic CBOR(event)``
-(computed here with ``server.codec``, so the client's encoder is checked against the server's),
-and ``jti`` idempotency (same content: the original index with ``duplicate``; other content:
-409). Faults can be switched on while it runs: ``down`` (connection refused / 503), a fixed
-status for every request, a per-event problem, or a tampering function for results.
+"""A small in-memory log that speaks Etch's batch submission format, for the emitter's tests. It
+answers ``POST /v1/events/batch`` and ``POST /v1/events/signed-batch`` (batch-root signatures:
+the batch message and tree recomputed here from the naive RFC 6962 definitions of
+:mod:`tests.naive`, whole batches without paths only, as the emitter sends them; turn it off
+with ``signed_batches = False`` to look like an older log) the way the real log does
+(``{"results": [...]}`` in request order, each a result with a real RFC 6962 inclusion proof
+against a checkpoint signed with its own key, or an RFC 9457 problem), and it checks what a real
+log checks: the bearer credential, the Ed25519 signature over ``b"etch/event/v1\\x00" +
+deterministic CBOR(event)`` (computed here with ``server.codec``, so the client's encoder is
+checked against the server's), and ``jti`` idempotency (same content: the original index with
+``duplicate``; other content: 409). Faults can be switched on while it runs: ``down``
+(connection refused / 503), a fixed status for every request, a per-event problem, or a
+tampering function for results.
 
 Use it in process through :meth:`FakeLog.transport` (an ``httpx.MockTransport``), or over
 real HTTP on 127.0.0.1 with :meth:`FakeLog.serve`.
@@ -35,8 +38,10 @@ from merkle.note import Ed25519Signer, sign_note
 from merkle.receipt import Receipt, format_receipt
 from merkle.tree import build_inclusion_proof, inclusion_nodes, root_from_hashes, root_nodes
 from server.codec import encode_deterministic
+from tests import naive
 
 SIGNATURE_CONTEXT = b"etch/event/v1\x00"
+BATCH_CONTEXT = b"etch/event-batch/v1\x00"
 
 
 def _b64(data: bytes) -> str:
@@ -46,6 +51,14 @@ def _b64(data: bytes) -> str:
 def problem(status: int, slug: str, detail: str) -> dict[str, Any]:
     """Return an RFC 9457 problem object like the log's."""
     return {"type": f"urn:etch:error:{slug}", "title": slug, "status": status, "detail": detail}
+
+
+def naive_log_time(entry: bytes) -> int:
+    """Return the ``log_time`` of a leaf this fake log wrote."""
+    import cbor2
+
+    value: int = cbor2.loads(entry)["log_time"]
+    return value
 
 
 class FakeLog:
@@ -78,6 +91,8 @@ class FakeLog:
         self.tamper: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.requests = 0
         self.batch_sizes: list[int] = []
+        self.signed_batches = True
+        self.signed_batch_sizes: list[int] = []
 
     # -- tree ---------------------------------------------------------------------------------
 
@@ -161,6 +176,84 @@ class FakeLog:
         self._by_jti[jti] = (index, data + signature)
         return index, False
 
+    def _admit_signed(
+        self, item: dict[str, Any], size: int, signature: bytes, path: list[bytes]
+    ) -> tuple[int, bool] | dict[str, Any]:
+        """Append one event of a verified signed batch, or find its duplicate."""
+        event = item["event"]
+        data = encode_deterministic(event)
+        if self.event_problem is not None:
+            injected = self.event_problem(event)
+            if injected is not None:
+                return injected
+        jti = event.get("jti")
+        if not isinstance(jti, str):
+            return problem(422, "bad-event", "jti is required")
+        previous = self._by_jti.get(jti)
+        if previous is not None:
+            index, content = previous
+            if not content.startswith(data) or len(content) not in (len(data), len(data) + 64):
+                return problem(409, "duplicate-jti", "this jti was logged with other content")
+            return index, True
+        batch = {"size": size, "index": item["index"], "path": path, "signature": signature}
+        entry = encode_deterministic(
+            {
+                "v": 1,
+                "submitter": self.submitter,
+                "event": event,
+                "batch": batch,
+                "log_time": time.time_ns() // 1_000_000,
+            }
+        )
+        index = len(self.entries)
+        self.entries.append(entry)
+        self.events.append(event)
+        self._leaves.append(leaf_hash(entry))
+        self._by_jti[jti] = (index, data)
+        return index, False
+
+    def _signed_batch(self, body: bytes) -> httpx.Response:
+        """Answer ``POST /v1/events/signed-batch`` for a whole batch without paths."""
+        try:
+            batch = json.loads(body)
+            size, events = batch["size"], batch["events"]
+            root = base64.b64decode(batch["root"], validate=True)
+            signature = base64.b64decode(batch["signature"], validate=True)
+        except (ValueError, KeyError, TypeError):
+            return httpx.Response(400, json=problem(400, "bad-event", "not a signed batch"))
+        if not isinstance(events, list) or len(events) != size:
+            return httpx.Response(422, json=problem(422, "bad-event", "not a whole batch"))
+        name = self.submitter.encode()
+        message = BATCH_CONTEXT + bytes([len(name)]) + name + size.to_bytes(8, "big") + root
+        try:
+            self.submitter_key.verify(signature, message)
+        except InvalidSignature:
+            return httpx.Response(422, json=problem(422, "bad-signature", "bad batch signature"))
+        by_index = {item["index"]: item for item in events}
+        encodings = [encode_deterministic(by_index[i]["event"]) for i in range(size)]
+        if naive.mth(encodings) != root:
+            return httpx.Response(422, json=problem(422, "bad-signature", "not the signed root"))
+        self.signed_batch_sizes.append(size)
+        admitted = [
+            self._admit_signed(item, size, signature, naive.path(item["index"], encodings))
+            for item in events
+        ]
+        note = self.checkpoint() if self._leaves else b""
+        results: list[dict[str, Any]] = []
+        for outcome in admitted:
+            if isinstance(outcome, dict):
+                results.append(outcome)
+                continue
+            result = self._result(outcome[0], outcome[1], note)
+            del result["receipt"]
+            result["checkpoint"] = 0
+            if not outcome[1]:  # a duplicate keeps the stored entry
+                del result["entry"]
+                result["log_time"] = naive_log_time(self.entries[outcome[0]])
+            results.append(self.tamper(result) if self.tamper is not None else result)
+        checkpoints = [note.decode("utf-8")]
+        return httpx.Response(200, json={"checkpoints": checkpoints, "results": results})
+
     def handle(self, method: str, path: str, headers: httpx.Headers, body: bytes) -> httpx.Response:
         """Answer one request (the transport-independent core)."""
         with self.lock:
@@ -170,10 +263,15 @@ class FakeLog:
                 return httpx.Response(
                     self.status, json=problem(self.status, "injected", "injected"), headers=extra
                 )
-            if method != "POST" or path != "/v1/events/batch":
+            routes = ["/v1/events/batch"]
+            if self.signed_batches:
+                routes.append("/v1/events/signed-batch")
+            if method != "POST" or path not in routes:
                 return httpx.Response(404, json=problem(404, "not-found", "no such route"))
             if headers.get("authorization") != f"Bearer {self.credential}":
                 return httpx.Response(401, json=problem(401, "unauthorized", "bad credential"))
+            if path == "/v1/events/signed-batch":
+                return self._signed_batch(body)
             try:
                 batch = json.loads(body)
             except ValueError:

@@ -101,6 +101,8 @@ def make(
             "submitter": fake.submitter,
             "config": FAST,
             "transport": fake.transport(),
+            # These tests cover per-event signatures; tests/test_emitter_batchsig.py the default.
+            "batch_signing": False,
         }
         options.update(overrides)
         emitter = Emitter(
