@@ -205,9 +205,9 @@ def test_verify_batch_result_mutation_table(fake: FakeLog, key: Ed25519PrivateKe
         ("checkpoint re-signed", (result, [_foreign(checkpoints[0])], encodings[1],
                                   signed.proofs[1], fake.submitter)),
     ]  # fmt: skip
-    for _name, arguments in cases:
+    for _name, (answer_item, notes, encoded, proof, name) in cases:
         with pytest.raises(ReceiptError):
-            verify_batch_result(*arguments, verifier)
+            verify_batch_result(answer_item, notes, encoded, proof, name, verifier)
     with pytest.raises(ReceiptError):
         verify_batch_result(
             result, checkpoints, encodings[1], signed.proofs[1], fake.submitter, stranger
