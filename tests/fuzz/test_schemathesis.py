@@ -17,6 +17,7 @@ request to ``tests/test_fuzz_regressions.py``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import socket
@@ -28,7 +29,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from server.codec import encode_deterministic
+from server.leaves import event_signing_message
+from tests.oauth_support import sample_event, sample_types
 from tests.server_helpers import PROJECT_ROOT, LogProcess
 
 if "ETCH_FUZZ_EXAMPLES" not in os.environ:
@@ -75,10 +81,24 @@ def live_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LogProc
     process = LogProcess(data_dir, extra_args=["--intake", "oauth", "--public-entries", "true"])
     asyncio.run(process.start())
     try:
+        _submit_events(process.base_url, credential, root / "fuzz.key")
         yield process, credential
     finally:
         process.terminate()
         assert not _server_errors(process.log_text()), process.log_text()[-4000:]
+
+
+def _submit_events(url: str, credential: str, key_file: Path) -> None:
+    """Log a few signed events, so that entries, receipts, proofs and tiles exist to read."""
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    headers = {"Authorization": f"Bearer {credential}"}
+    for kind in sample_types()[:5]:
+        event = sample_event(kind, jti=f"fuzz-{kind}", iat=int(time.time()), toe=None)
+        signature = key.sign(event_signing_message(encode_deterministic(event)))
+        envelope = {"event": event, "signature": base64.b64encode(signature).decode()}
+        answer = httpx.post(f"{url}/v1/events", json=envelope, headers=headers, timeout=30)
+        assert answer.status_code in (200, 201), answer.text
 
 
 def _server_errors(log_text: str) -> list[str]:
