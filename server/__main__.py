@@ -12,6 +12,7 @@ With ``[logs.<name>]`` tables in the configuration it serves several logs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -108,7 +109,9 @@ async def serve(
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
-    print(_banner(settings, hosts, f"http://{settings.host}:{settings.port}"), flush=True)
+    # The banner is for people; stdout on a full disk must not keep the log from serving.
+    with contextlib.suppress(OSError):
+        print(_banner(settings, hosts, f"http://{settings.host}:{settings.port}"), flush=True)
     try:
         await server.serve(sockets=None if sock is None else [sock])
     finally:

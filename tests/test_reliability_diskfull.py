@@ -165,13 +165,15 @@ async def full_disk_round(
     filled: Callable[[], Awaitable[None]] | None = None,
     down: Callable[[], bool] = lambda: False,
     freed: Callable[[], None] | None = None,
+    restart_while_full: bool = False,
 ) -> tuple[Seen, dict[str, Any]]:
     """Load, fill the disk, check refusals and reads, free the space, check the log resumes.
 
     ``filled`` is awaited right after the disk is full, ``down`` says whether the database
     is down (then reads are checked with :func:`reads_while_down`), ``freed`` is called after
-    the ballast is deleted, before submitting again. Returns what the clients saw and figures
-    for the report.
+    the ballast is deleted, before submitting again. With ``restart_while_full`` the log is
+    killed while the disk is full and started again: it must start, serve every read and
+    refuse submissions the same way. Returns what the clients saw and figures for the report.
     """
     seen = seen_for(log)
     pid = log.pid
@@ -199,6 +201,15 @@ async def full_disk_round(
             await verify_log(api, seen)
         health = await api.get("/healthz")
         figures["healthz_while_full"] = health.status_code
+        if restart_while_full:
+            log.kill()
+            await log.start()
+            pid = log.pid
+            api.base_url = httpx.URL(log.base_url)
+            await verify_log(api, seen)
+            sent = {"t": "full-restarted"}
+            check_refused(await submit(api, seen, sent))
+            seen.refused.append(sent)
         os.unlink(ballast)
         if freed is not None:
             freed()
@@ -226,13 +237,16 @@ async def check_fsck(url: str, seen: Seen) -> None:
     assert report.tree_size == len(seen.acknowledged)
 
 
-async def test_sqlite_disk_full(tmp_path: Path) -> None:
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted-while-full"])
+async def test_sqlite_disk_full(tmp_path: Path, restart: bool) -> None:
     require_root()
     with tmpfs(tmp_path / "mnt", 24) as mount:
         log = LogProcess(mount / "data", batch_period_ms=2)
         try:
             await log.start()
-            seen, figures = await full_disk_round(log, mount / "ballast")
+            seen, figures = await full_disk_round(
+                log, mount / "ballast", restart_while_full=restart
+            )
         finally:
             log.kill()
         print(f"SQLite disk full: {figures}")
