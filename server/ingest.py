@@ -132,6 +132,7 @@ from server.storage.base import MAX_TIME_MS, OAuthStorage, Principal, StorageErr
 
 __all__ = [
     "MAX_LOOKUP_LIMIT",
+    "REF_ANSWERS_MAX",
     "SET_MEDIA_TYPE",
     "SIGNED_BATCH_PATH",
     "OAuthLayer",
@@ -152,6 +153,12 @@ MAX_LOOKUP_LIMIT: Final = 1000
 
 DEFAULT_LOOKUP_LIMIT: Final = 100
 """Results of a lookup page when ``limit`` is not given."""
+
+REF_ANSWERS_MAX: Final = 16384
+"""Public token-reference lookup answers kept for the current tree size."""
+
+_REF_QUERY_SIZE: Final = len("token_ref=") + 43
+_NO_STORE: Final = {"Cache-Control": "no-store"}
 
 _LOOKUP_KINDS: Final = ("token_ref", "client_id", "subject", "type")
 _LOOKUP_PARAMS: Final = frozenset({*_LOOKUP_KINDS, "since", "until", "after", "limit"})
@@ -214,6 +221,9 @@ class OAuthLayer:
         self.settings = settings or OAuthSettings()
         self.limits = limits or Limits()
         self.rate_limiter = RateLimiter(self.settings.submitter_rate, self.settings.submitter_burst)
+        # Public answers of plain token-reference lookups, valid for one tree size.
+        self._ref_answers: dict[bytes, bytes] = {}
+        self._ref_answers_size = -1
 
     # -- clocks ----------------------------------------------------------------------------
 
@@ -614,6 +624,60 @@ class OAuthLayer:
 
     async def lookup(self, request: Request) -> Response:
         """``GET /v1/lookup``: find entries by token reference, client, subject or type."""
+        query: bytes = request.scope.get("query_string", b"")
+        if (
+            len(query) == _REF_QUERY_SIZE
+            and query.startswith(b"token_ref=")
+            and self.settings.public_token_ref_lookup
+            and not self.settings.public_entries
+            and "authorization" not in request.headers
+        ):
+            return await self._public_ref_lookup(query)
+        return await self._lookup(request)
+
+    async def _public_ref_lookup(self, query: bytes) -> Response:
+        """Answer ``?token_ref=<ref>`` alone, without read access: the busiest lookup.
+
+        The same answer as the general path (index, leaf hash and log time of the first 100
+        hits, the cursor), written directly, and kept for repeated questions while the tree
+        size stays the same: entries are only ever added, and the answer is read after the
+        size is noted, so a kept answer holds every entry of that size. At most
+        :data:`REF_ANSWERS_MAX` answers are kept (the oldest go first).
+        Raises Problem(bad-parameter) for a malformed reference, Problem(unavailable).
+        """
+        size = self.service.tree_size
+        if size != self._ref_answers_size:
+            self._ref_answers.clear()
+            self._ref_answers_size = size
+        else:
+            kept = self._ref_answers.get(query)
+            if kept is not None:
+                return Response(kept, media_type="application/json", headers=_NO_STORE)
+        value = query[10:].decode("ascii", "replace")
+        if not is_token_ref(value):
+            raise Problem("bad-parameter", "token_ref must be 43 canonical base64url characters")
+        try:
+            hits = await self.storage.lookup_entries(
+                "token_ref", value, after=-1, limit=DEFAULT_LOOKUP_LIMIT
+            )
+        except StorageError as exc:
+            raise unavailable_problem(exc) from None
+        b64 = binascii.b2a_base64
+        items = b",".join(
+            b'{"index":%d,"leaf_hash":"%s","log_time":%d}'
+            % (hit.index, b64(leaf_hash(hit.data), newline=False), hit.log_time)
+            for hit in hits
+        )
+        cursor = b"%d" % hits[-1].index if len(hits) == DEFAULT_LOOKUP_LIMIT else b"null"
+        answer = b'{"results":[%s],"next":%s}' % (items, cursor)
+        if self._ref_answers_size == size:
+            if len(self._ref_answers) >= REF_ANSWERS_MAX:
+                del self._ref_answers[next(iter(self._ref_answers))]
+            self._ref_answers[query] = answer
+        return Response(answer, media_type="application/json", headers=_NO_STORE)
+
+    async def _lookup(self, request: Request) -> Response:
+        """The general lookup: every parameter, read access checked (see :meth:`lookup`)."""
         params = request.query_params
         for name in params:
             if name not in _LOOKUP_PARAMS:
@@ -791,9 +855,9 @@ class OAuthLayer:
     def routes(self) -> list[Route]:
         """Return the routes the OAuth layer adds to the engine's."""
         return [
+            Route("/v1/lookup", self.lookup, methods=["GET"]),
             Route("/v1/sets", self.receive_set, methods=["POST"]),
             Route(SIGNED_BATCH_PATH, self.submit_signed_batch, methods=["POST"]),
-            Route("/v1/lookup", self.lookup, methods=["GET"]),
             Route("/v1/schema/events", self.schema, methods=["GET"]),
         ]
 

@@ -1,0 +1,75 @@
+"""The fast path of ``GET /v1/lookup?token_ref=...``: same answers as the general path, kept
+answers dropped when the tree grows, refusals unchanged, readers still get entry contents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from client.tokens import token_ref
+from tests.oauth_support import OAuthLog, open_oauth_log, sample_event
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def slog(tmp_path: Path) -> AsyncIterator[OAuthLog]:
+    async with open_oauth_log(str(tmp_path / "log.db")) as opened:
+        yield opened
+
+
+async def both(log: OAuthLog, ref: str) -> tuple[bytes, bytes]:
+    """The fast answer and the general one (an explicit limit takes the general path)."""
+    fast = await log.client.get(f"/v1/lookup?token_ref={ref}")
+    general = await log.client.get(f"/v1/lookup?token_ref={ref}&limit=100")
+    assert fast.status_code == general.status_code
+    assert fast.headers["content-type"] == general.headers["content-type"]
+    assert fast.headers["cache-control"] == general.headers["cache-control"]
+    return fast.content, general.content
+
+
+async def test_fast_answers_equal_the_general_ones_and_follow_the_tree(slog: OAuthLog) -> None:
+    submitter = await slog.add_submitter("as-prod")
+    refs = [token_ref(b"token-%d" % i) for i in range(3)]
+    for n in range(5):
+        event = sample_event("token-issued", token_ref=refs[n % 3])
+        assert (await slog.submit(submitter, event)).status_code == 201
+    for ref in [*refs, token_ref(b"never-logged")]:
+        fast, general = await both(slog, ref)
+        assert fast == general
+        assert (await both(slog, ref))[0] == fast  # kept: the same bytes again
+    before = (await slog.client.get(f"/v1/lookup?token_ref={refs[0]}")).json()
+    assert len(before["results"]) == 2
+    assert before["next"] is None
+    await slog.submit(submitter, sample_event("token-revoked", token_ref=refs[0]))
+    after = (await slog.client.get(f"/v1/lookup?token_ref={refs[0]}")).json()
+    assert len(after["results"]) == 3  # the kept answer was dropped when the tree grew
+    fast, general = await both(slog, refs[0])
+    assert fast == general
+
+
+async def test_refusals_and_readers_take_the_general_path(slog: OAuthLog) -> None:
+    submitter = await slog.add_submitter("as-prod")
+    ref = token_ref(b"token")
+    await slog.submit(submitter, sample_event("token-issued", token_ref=ref))
+    # 43 characters in the raw query (the fast path), and encoded (the general path).
+    for bad in ("!" * 43, ref[:-1] + "B", ref[:-1] + "é"):
+        response = await slog.client.get(f"/v1/lookup?token_ref={bad}")
+        assert response.status_code == 400
+        assert response.json()["type"] == "urn:etch:error:bad-parameter"
+        response = await slog.client.get("/v1/lookup", params={"token_ref": bad})
+        assert response.status_code == 400
+        assert response.json()["type"] == "urn:etch:error:bad-parameter"
+    reader = await slog.add_reader("auditor")
+    answer = await slog.client.get(
+        f"/v1/lookup?token_ref={ref}", headers={"authorization": f"Bearer {reader}"}
+    )
+    (result,) = answer.json()["results"]
+    assert result["event"]["event"]["token_ref"] == ref
+    assert "entry" in result
+    unknown = await slog.client.get(
+        f"/v1/lookup?token_ref={ref}", headers={"authorization": "Bearer nope"}
+    )
+    assert unknown.status_code == 401
