@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -85,6 +86,7 @@ __all__ = [
     "Sequencer",
     "SequencerStopped",
     "Submission",
+    "storage_condition",
     "verify_tiles",
 ]
 
@@ -547,7 +549,7 @@ class Sequencer:
             except (StorageError, OSError) as exc:
                 self._dirty = True
                 retry = SequencerStopped(
-                    f"storage unavailable: {type(exc).__name__}", retry_after=1
+                    f"storage unavailable: {storage_condition(exc)}", retry_after=1
                 )
                 for p in batch:
                     if not p.future.done():
@@ -736,6 +738,35 @@ class Sequencer:
         p.future.set_result(
             Sequenced(index, stored, True, state.tree_size, state.checkpoint, tuple(proof))
         )
+
+
+def storage_condition(exc: BaseException) -> str:
+    """Name what a storage failure comes down to, for a 503 answer; never its message.
+
+    Follows the ``__cause__`` chain (storage errors are raised from the driver's): an
+    ``ENOSPC``, SQLite ``SQLITE_FULL`` or PostgreSQL SQLSTATE 53100 is ``the disk is full``; an
+    ``EIO``, SQLite ``SQLITE_IOERR*`` or SQLSTATE 58030 is ``an I/O error``; anything else is
+    named by the type of ``exc``. Example: ``storage_condition(OSError(28, "x"))`` is
+    ``"the disk is full"``. Never raises.
+    """
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            break
+        number = cause.errno if isinstance(cause, OSError) else None
+        sqlite_code = getattr(cause, "sqlite_errorcode", None)
+        primary = sqlite_code & 0xFF if isinstance(sqlite_code, int) else None
+        sqlstate = getattr(cause, "sqlstate", None)
+        if number == errno.ENOSPC or primary == _SQLITE_FULL or sqlstate == "53100":
+            return "the disk is full"
+        if number == errno.EIO or primary == _SQLITE_IOERR or sqlstate == "58030":
+            return "an I/O error"
+        cause = cause.__cause__
+    return type(exc).__name__
+
+
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
 
 
 def root_from_edge(tree_size: int, tiles: dict[TileKey, bytes]) -> bytes:
