@@ -187,6 +187,8 @@ async def full_disk_round(
             await filled()
         logged, detail = await load_until_refused(api, seen, "full")
         figures["batches_after_fill"], figures["refusal"] = logged, detail
+        if not down():
+            assert "the disk is full" in detail, detail
         for n in range(3):  # still full: single submissions are refused the same way
             sent = {"t": "full-single", "n": n}
             response = await submit(api, seen, sent)

@@ -98,9 +98,12 @@ class Seen:
         assert known == checkpoint, f"two checkpoints of size {checkpoint.tree_size}"
 
 
-def check_refused(response: httpx.Response) -> None:
-    """A refused submission: RFC 9457 ``unavailable``, 503, with a positive ``Retry-After``."""
-    check_problem(response, "unavailable", 503)
+def check_refused(response: httpx.Response, because: str | None = None) -> None:
+    """A refused submission: RFC 9457 ``unavailable``, 503, with a positive ``Retry-After``;
+    with ``because``, its ``detail`` names that condition."""
+    body = check_problem(response, "unavailable", 503)
+    if because is not None:
+        assert because in body.get("detail", ""), body
     retry_after = response.headers.get("retry-after", "")
     assert retry_after.isdigit(), response.headers
     assert int(retry_after) > 0, response.headers
@@ -240,6 +243,7 @@ FAULTS = {
     "eio-mark-fdatasync": ("fdatasync,fsync", "fdatasync,fsync:error=EIO", "checkpoint.hwm"),
     "enospc-write": ("write,pwrite64", "write,pwrite64:error=ENOSPC", None),
 }
+BECAUSE = {"eio": "an I/O error", "enospc": "the disk is full"}  # the 503's detail
 
 
 @pytest.mark.anyio
@@ -275,7 +279,7 @@ async def test_log_refuses_during_a_write_fault_and_loses_nothing(
             for n in range(4):
                 refused = event("during", n)
                 response = await api.post("/v1/events", json=refused)
-                check_refused(response)
+                check_refused(response, BECAUSE[fault.split("-")[0]])
                 seen.refused.append(refused)
             await check_reads(api, seen, size)
             if ending == "crash":
