@@ -82,6 +82,7 @@ __all__ = [
     "Intake",
     "PreparerIntake",
     "ReadGuard",
+    "ResultWriter",
     "create_app",
     "inclusion_answer",
     "raw_map_preparer",
@@ -165,8 +166,7 @@ class PreparerIntake:
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return Response(content, status_code=status, media_type=JSON_TYPE, headers=headers)
+    return Response(_dumps(body), status_code=status, media_type=JSON_TYPE, headers=headers)
 
 
 def _b64(data: bytes) -> str:
@@ -266,6 +266,94 @@ def result_body(service: LogService, result: Sequenced) -> dict[str, Any]:
     Members: ``index``, ``leaf_hash``, ``duplicate``, ``tree_size``, ``checkpoint`` (the signed
     note the proof is against), ``inclusion_proof`` and ``receipt`` (C2SP tlog-proof text).
     """
+    del service
+    return _result_dict(result)
+
+
+class ResultWriter:
+    """Writes the JSON of sequenced results, sharing what the results of one batch have in common.
+
+    :meth:`write` returns exactly the bytes of ``json.dumps(answer, separators=(",", ":"),
+    ensure_ascii=False)`` for ``answer = result_body(service, result)`` updated with ``extra``
+    (the intake's additions), assembled directly: the results of a batch are signed by one or
+    two checkpoints, whose JSON-escaped text is made once, and consecutive leaves share most of
+    their proof hashes, whose base64 text is made once. Use one writer per answer (the caches
+    grow with the hashes seen).
+    """
+
+    __slots__ = ("_hashes", "_notes")
+
+    def __init__(self) -> None:
+        """Make a writer with empty caches."""
+        self._hashes: dict[bytes, bytes] = {}
+        self._notes: dict[bytes, bytes] = {}
+
+    def _note(self, checkpoint: bytes) -> bytes:
+        """Return the JSON-escaped text of a checkpoint note, without quotes."""
+        text = self._notes.get(checkpoint)
+        if text is None:
+            quoted = json.dumps(checkpoint.decode("utf-8"), ensure_ascii=False)
+            text = self._notes[checkpoint] = quoted[1:-1].encode("utf-8")
+        return text
+
+    def _base64(self, proof: tuple[bytes, ...]) -> list[bytes]:
+        """Return the base64 text of each proof hash (no escaping needed in JSON)."""
+        known = self._hashes
+        out = []
+        for value in proof:
+            text = known.get(value)
+            if text is None:
+                text = known[value] = binascii.b2a_base64(value, newline=False)
+            out.append(text)
+        return out
+
+    def write(self, result: Sequenced, extra: Mapping[str, Any] | None = None) -> bytes:
+        """Return the compact JSON of ``result_body(result)`` updated with ``extra``.
+
+        Members of ``extra`` that are new are appended in order (as ``dict.update`` does);
+        when one replaces a member of the answer, the answer is built as a dict instead.
+        """
+        if extra and not _RESULT_MEMBERS.isdisjoint(extra):
+            answer = _result_dict(result)
+            answer.update(extra)
+            return _dumps(answer)
+        proof = self._base64(result.proof)
+        note = self._note(result.checkpoint)
+        index = result.index
+        body = (
+            b'{"index":%d,"leaf_hash":"%s","duplicate":%s,"tree_size":%d,"checkpoint":"%s",'
+            b'"inclusion_proof":[%s],"receipt":"%s\\nindex %d\\n%s\\n%s"'
+            % (
+                index,
+                binascii.b2a_base64(result.leaf_hash, newline=False),
+                b"true" if result.duplicate else b"false",
+                result.tree_size,
+                note,
+                b'"' + b'","'.join(proof) + b'"' if proof else b"",
+                _RECEIPT_HEADER_JSON,
+                index,
+                b"\\n".join(proof) + b"\\n" if proof else b"",
+                note,
+            )
+        )
+        if extra:
+            return body + b"," + _dumps(dict(extra))[1:]
+        return body + b"}"
+
+
+_RESULT_MEMBERS = frozenset(
+    ("index", "leaf_hash", "duplicate", "tree_size", "checkpoint", "inclusion_proof", "receipt")
+)
+_RECEIPT_HEADER_JSON = json.dumps(RECEIPT_HEADER, ensure_ascii=False)[1:-1].encode("utf-8")
+
+
+def _dumps(body: Any) -> bytes:
+    """Return the compact JSON bytes :func:`_json` answers with."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _result_dict(result: Sequenced) -> dict[str, Any]:
+    """Return :func:`result_body` of ``result`` (which does not depend on the service)."""
     proof = [_b64(h) for h in result.proof]
     checkpoint = result.checkpoint.decode("utf-8")
     return {
@@ -540,26 +628,30 @@ class _Handlers:
             self.service.metrics.submissions.labels("refused").inc(refused)
         try:
             results = await self.service.submit(submissions) if submissions else []
-            out: list[dict[str, Any]] = []
+            writer = ResultWriter()
+            out: list[bytes] = []
             for slot in slots:
                 if isinstance(slot, int):
-                    out.append(await self._finished(request, submissions[slot], results[slot]))
+                    out.append(
+                        await self._finished(request, writer, submissions[slot], results[slot])
+                    )
                 else:
-                    out.append(slot)
+                    out.append(_dumps(slot))
         except (SequencerStopped, StorageError) as exc:
             raise _unavailable(exc) from None
-        return _json({"results": out})
+        # The same bytes as _json({"results": [...]}), written result by result.
+        return Response(b'{"results":[' + b",".join(out) + b"]}", media_type=JSON_TYPE)
 
     async def _finished(
-        self, request: Request, submission: Submission, result: Sequenced
-    ) -> dict[str, Any]:
-        """Return one batch result: the receipt with the intake's additions, or its problem."""
-        answer = self._result(result)
+        self, request: Request, writer: ResultWriter, submission: Submission, result: Sequenced
+    ) -> bytes:
+        """Return one batch result as JSON: the receipt with the intake's additions, or its
+        problem."""
         try:
-            answer.update(await self.intake.finish(request, submission, result))
+            extra = await self.intake.finish(request, submission, result)
         except Problem as problem:
-            return problem.to_dict()
-        return answer
+            return _dumps(problem.to_dict())
+        return writer.write(result, extra)
 
     # -- proofs and entries --------------------------------------------------------------------
 
