@@ -543,35 +543,52 @@ class OAuthLayer:
         differs). Raises StorageError.
         """
         notes: dict[bytes, int] = {}
-        out: list[Any] = []
+        out: list[bytes] = []
         b64 = binascii.b2a_base64
+
+        def dump(value: Any) -> bytes:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+            return text.encode("utf-8")
+
         for slot in slots:
             if not isinstance(slot, int):
-                out.append(slot)
+                out.append(dump(slot))
                 continue
             submission, result = submissions[slot], results[slot]
             position = notes.setdefault(result.checkpoint, len(notes))
+            proof = b",".join([b'"%s"' % b64(h, newline=False) for h in result.proof])
+            if not result.duplicate:
+                # What json.dumps writes for these members (integers and base64 need no
+                # escaping), assembled directly: one such result per event.
+                out.append(
+                    b'{"index":%d,"leaf_hash":"%s","duplicate":false,"tree_size":%d,'
+                    b'"checkpoint":%d,"inclusion_proof":[%s],"log_time":%d}'
+                    % (
+                        result.index,
+                        b64(result.leaf_hash, newline=False),
+                        result.tree_size,
+                        position,
+                        proof,
+                        submission.log_time,
+                    )
+                )
+                continue
             item: dict[str, Any] = {
                 "index": result.index,
-                "leaf_hash": b64(result.leaf_hash, newline=False).decode("ascii"),
-                "duplicate": result.duplicate,
+                "leaf_hash": _b64(result.leaf_hash),
+                "duplicate": True,
                 "tree_size": result.tree_size,
                 "checkpoint": position,
-                "inclusion_proof": [b64(h, newline=False).decode("ascii") for h in result.proof],
-                "log_time": submission.log_time,
+                "inclusion_proof": [_b64(h) for h in result.proof],
             }
-            if result.duplicate:
-                del item["log_time"]
-                try:
-                    item.update(await self.finish_duplicate(submission, result))
-                except Problem as problem:
-                    out.append(problem.to_dict())
-                    continue
-            out.append(item)
-        checkpoints = [note.decode("utf-8") for note in notes]
-        return json.dumps(
-            {"checkpoints": checkpoints, "results": out}, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8")
+            try:
+                item.update(await self.finish_duplicate(submission, result))
+            except Problem as problem:
+                out.append(dump(problem.to_dict()))
+                continue
+            out.append(dump(item))
+        checkpoints = dump([note.decode("utf-8") for note in notes])
+        return b'{"checkpoints":%s,"results":[%s]}' % (checkpoints, b",".join(out))
 
     async def finish_duplicate(self, submission: Submission, result: Sequenced) -> dict[str, Any]:
         """Return the stored entry of a duplicate; Problem(jti-conflict) if it holds another

@@ -131,6 +131,9 @@ async def test_a_signed_batch_is_logged_and_each_entry_is_attributable(log: OAut
     body = signed_batch(submitter, events)
     response = await post(log, submitter, body)
     assert response.status_code == 200, response.text[:400]
+    # The answer is written directly: the same bytes json.dumps writes.
+    compact = json.dumps(response.json(), separators=(",", ":"), ensure_ascii=False)
+    assert response.content == compact.encode()
     indexes = check_answer(log, submitter, body, response.json())
     raw = submitter.key.public_key().public_bytes_raw()
     other = (await log.add_submitter("as-other")).key.public_key().public_bytes_raw()
@@ -155,7 +158,10 @@ async def test_subsets_retries_duplicates_and_conflicts(slog: OAuthLog) -> None:
     first = await post(slog, submitter, subset)
     assert first.status_code == 200
     check_answer(slog, submitter, subset, first.json())
-    again = (await post(slog, submitter, body)).json()
+    replay = await post(slog, submitter, body)
+    compact = json.dumps(replay.json(), separators=(",", ":"), ensure_ascii=False)
+    assert replay.content == compact.encode()
+    again = replay.json()
     assert [r["duplicate"] for r in again["results"]] == [False, True, False, True, False]
     duplicate = again["results"][1]
     assert "log_time" not in duplicate
