@@ -17,6 +17,14 @@ lock.
     receipt from stored tiles
     against the stored checkpoint
 
+The sequencing process itself (:class:`ClusterLog.submit`)
+    Hands its own submissions straight to its sequencer: no queue row, no notification, and the
+    receipts come from the tiles the sequencer just wrote, as in a single-process log. Its
+    commits are announced on the commit channel (coalesced, one ``NOTIFY`` in flight) unless a
+    run of queued rows is being sequenced, whose ``UPDATE`` notifies anyway. If it stops
+    sequencing while submissions of its own wait, they go through the queue to the successor
+    (an entry the cut-short round did commit is then answered as a duplicate, with its index).
+
 Front end (:class:`ClusterLog.submit`)
     Concurrent submissions of one process are coalesced into one ``INSERT`` (one round trip for
     all of them) that also ``NOTIFY``s the pending channel. The process ``LISTEN``s on the commit
@@ -247,6 +255,17 @@ async def ensure_pending_table(conn: Any) -> None:
             await conn.execute(statement)
 
 
+def _commit_payload(state: LogState) -> str:
+    """Return the commit notification of ``state``: ``<tree size>\\n<signed checkpoint>``.
+
+    Just the size when the note would not fit PostgreSQL's payload limit.
+    """
+    payload = f"{state.tree_size}\n{state.checkpoint.decode('utf-8')}"
+    if len(payload.encode("utf-8")) > _MAX_PAYLOAD:
+        payload = str(state.tree_size)
+    return payload
+
+
 def _map_db_error(exc: BaseException) -> StorageError:
     """Return the storage error a submitter sees for a failure of the pending queue."""
     return StorageUnavailable(f"PostgreSQL unavailable ({type(exc).__name__})")
@@ -277,6 +296,11 @@ class _Leadership:
         self._slots = asyncio.Semaphore(4)
         self._batches: set[asyncio.Task[None]] = set()
         self.started = time.monotonic()
+        self.sequencer.subscribe(self._on_commit)
+
+    def _on_commit(self, note: bytes) -> None:
+        """After each commit: tell the owner, and announce it unless a pending run will."""
+        self.owner._local_commit(note, self.sequencer.tree_size, announce=not self._inflight)
 
     async def start(self) -> None:
         """Load and verify the stored log, then feed it. Raises IntegrityFailure, StorageError."""
@@ -341,9 +365,7 @@ class _Leadership:
             ]
             results = await self.sequencer.submit(submissions)
             newest = max(results, key=lambda r: r.tree_size)
-            payload = f"{newest.tree_size}\n{newest.checkpoint.decode('utf-8')}"
-            if len(payload.encode("utf-8")) > _MAX_PAYLOAD:
-                payload = str(newest.tree_size)
+            payload = _commit_payload(LogState(newest.checkpoint, newest.tree_size, b""))
             for attempt in range(50):
                 try:
                     await owner.pool.fetchrow(
@@ -435,6 +457,8 @@ class ClusterLog(LogService):
         self._latest: LogState | None = None
         self._notified_size = 0
         self._last_failure: str | None = None
+        self._announcement: LogState | None = None
+        self._announcer: asyncio.Task[None] | None = None
         self.takeovers = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -491,6 +515,10 @@ class ClusterLog(LogService):
                 await task
         self._tasks = []
         await self._step_down("shutting down")
+        announcer, self._announcer, self._announcement = self._announcer, None, None
+        if announcer is not None:  # let a NOTIFY in flight finish: its pool connection stays sound
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(announcer, 2.0)
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(SequencerStopped("the log is shutting down", retry_after=1))
@@ -553,6 +581,36 @@ class ClusterLog(LogService):
             self._changed.set()
             self._changed = asyncio.Event()
 
+    def _local_commit(self, note: bytes, tree_size: int, *, announce: bool) -> None:
+        """Take a commit of this process's own sequencer; ``announce``: notify the others.
+
+        The note was signed here moments ago: it is remembered (and served, when reads go to
+        the primary) without a verification. Announcements are coalesced: at most one
+        ``NOTIFY`` is in flight, and it carries the newest commit.
+        """
+        state = LogState(note, tree_size, b"")
+        self._note_latest(state)
+        if self.storage is self.primary and not self.witnessed:
+            self._adopt(state)
+        else:
+            self._notified_size = max(self._notified_size, tree_size)
+            self._view_event.set()
+        if announce:
+            self._announcement = state
+            if self._announcer is None or self._announcer.done():
+                self._announcer = asyncio.get_running_loop().create_task(self._announce())
+
+    async def _announce(self) -> None:
+        """Send the newest commit on the commit channel until none is left to send."""
+        while self._announcement is not None:
+            state, self._announcement = self._announcement, None
+            try:
+                await self.pool.execute(
+                    "SELECT pg_notify($1, $2)", self.names.commit_channel, _commit_payload(state)
+                )
+            except (StorageError, *_DB_ERRORS) as exc:  # the others poll every second
+                log.debug("cannot announce a commit: %s", type(exc).__name__)
+
     def _adopt(self, state: LogState) -> None:
         """Serve ``state`` (verified) if it is newer than the served one."""
         current = self._view
@@ -611,6 +669,8 @@ class ClusterLog(LogService):
             return
         size = int(size_text)
         self._notified_size = max(self._notified_size, size)
+        if self._view is not None and size <= self._view.tree_size:
+            return  # served already (e.g. this process's own commit, announced to the others)
         if note and size > (self._latest.tree_size if self._latest else -1):
             state = LogState(note.encode("utf-8"), size, b"")
             if self._verified(state):
@@ -715,15 +775,40 @@ class ClusterLog(LogService):
     # -- submissions ---------------------------------------------------------------------------
 
     async def submit(self, submissions: Sequence[Submission]) -> list[Sequenced]:
-        """Enqueue submissions for the sequencer and wait until each is committed.
+        """Sequence submissions and wait until each is committed; results in the same order.
 
-        Results are in the same order, each with an inclusion proof against the stored
-        checkpoint read after its commit. Raises SequencerStopped (503, retry) when no sequencer
-        answers within ``wait_timeout``, StorageError when PostgreSQL cannot take the entries.
+        In the process that sequences, the submissions go straight to its sequencer, and the
+        proofs come from the tiles it just wrote (no queue, no reads). Elsewhere they are
+        enqueued for the sequencer, and each result carries an inclusion proof against the
+        checkpoint of the commit that answered it. Raises SequencerStopped (503, retry) when no
+        sequencer answers within ``wait_timeout``, StorageError when PostgreSQL cannot take the
+        entries.
         """
         if not submissions:
             return []
         start = time.perf_counter()
+        leadership = self._leadership
+        if leadership is not None and leadership.failure is None:
+            try:
+                results = await leadership.sequencer.submit(submissions)
+            except SequencerStopped:
+                if self._leadership is leadership:
+                    raise
+                # Sequencing moved on while these waited: hand them to the successor. Entries
+                # the cut-short round did commit are answered as duplicates with their index.
+                results = await self._submit_queued(submissions)
+        else:
+            results = await self._submit_queued(submissions)
+        new = sum(1 for r in results if not r.duplicate)
+        if new:
+            self.metrics.submissions.labels("new").inc(new)
+        if len(results) - new:
+            self.metrics.submissions.labels("duplicate").inc(len(results) - new)
+        self.metrics.sequencing_latency.observe(time.perf_counter() - start)
+        return results
+
+    async def _submit_queued(self, submissions: Sequence[Submission]) -> list[Sequenced]:
+        """Enqueue submissions for the elected sequencer and wait for their answers."""
         loop = asyncio.get_running_loop()
         ids_future: asyncio.Future[list[int]] = loop.create_future()
         self._buffer.append(_Enqueue(submissions, ids_future))
@@ -745,12 +830,6 @@ class ClusterLog(LogService):
         finally:
             for pending_id in ids:
                 self._waiting.pop(pending_id, None)
-        new = sum(1 for r in results if not r.duplicate)
-        if new:
-            self.metrics.submissions.labels("new").inc(new)
-        if len(results) - new:
-            self.metrics.submissions.labels("duplicate").inc(len(results) - new)
-        self.metrics.sequencing_latency.observe(time.perf_counter() - start)
         return results
 
     async def _flush(self) -> None:
