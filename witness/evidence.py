@@ -214,7 +214,9 @@ def _load(data: bytes) -> dict[str, Any]:
             object_pairs_hook=_reject_duplicates,
             parse_constant=_reject_constant,
         )
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 text can hold.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, json.JSONDecodeError) as exc:
         raise EvidenceError(f"evidence is not UTF-8 JSON: {exc}") from None
     if not isinstance(document, dict) or set(document) != _KEYS:
         raise EvidenceError(f"evidence must be a JSON object with exactly the keys {sorted(_KEYS)}")
