@@ -44,7 +44,7 @@ FUZZ_SECONDS ?= 20
 FUZZ_EXAMPLES ?= 1000
 FUZZ_API_SECONDS ?= 240
 
-$(FUZZ_STAMP): $(STAMP)
+$(FUZZ_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,fuzz]'
 	touch $(FUZZ_STAMP)
 
