@@ -1049,6 +1049,55 @@ def oauth_openapi(document: dict[str, Any]) -> dict[str, Any]:
             },
         }
     }
+    paths[SIGNED_BATCH_PATH] = {
+        "post": {
+            "summary": "Submit events attributed by one Ed25519 signature over their batch's"
+            " RFC 6962 root (client.batchsig)",
+            "security": [{"bearer": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["size", "root", "signature", "events"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "size": {"type": "integer", "minimum": 1, "maximum": 65536},
+                                "root": {"type": "string", "contentEncoding": "base64"},
+                                "signature": {"type": "string", "contentEncoding": "base64"},
+                                "events": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["index", "event"],
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "index": {"type": "integer", "minimum": 0},
+                                            "path": {
+                                                "type": "array",
+                                                "items": {"type": "string"},
+                                                "description": "PATH(index, D[size]); may be"
+                                                " left out of every item of a whole batch",
+                                            },
+                                            "event": {"$ref": "#/components/schemas/OAuthEvent"},
+                                        },
+                                    },
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {"description": "{checkpoints, results}: one result or problem per event"},
+                "401": {"description": "unauthorized", "content": problem},
+                "403": {"description": "forbidden", "content": problem},
+                "422": {"description": "bad-signature, bad-event", "content": problem},
+                "429": {"description": "rate-limited", "content": problem},
+            },
+        }
+    }
     paths["/v1/schema/events"] = {
         "get": {
             "summary": "JSON Schema of events",

@@ -73,3 +73,11 @@ async def test_refusals_and_readers_take_the_general_path(slog: OAuthLog) -> Non
         f"/v1/lookup?token_ref={ref}", headers={"authorization": "Bearer nope"}
     )
     assert unknown.status_code == 401
+
+
+async def test_openapi_lists_the_signed_batch_route(slog: OAuthLog) -> None:
+    document = (await slog.client.get("/openapi.json")).json()
+    operation = document["paths"]["/v1/events/signed-batch"]["post"]
+    assert operation["security"] == [{"bearer": []}]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["size", "root", "signature", "events"]
