@@ -456,7 +456,8 @@ def parse_leaf_view(entry: bytes) -> LeafView | None:
     """Decode an Etch event leaf (deterministic CBOR map, ``v`` 1), or ``None`` if it is not one.
 
     Event leaf: ``{"v", "submitter", "event", "signature", "log_time"}``; SET leaf: ``{"v",
-    "submitter", "set", "event", "log_time"}`` (``server.leaves``). Never raises.
+    "submitter", "set", "event", "log_time"}``; batch event leaf: ``{"v", "submitter", "batch",
+    "event", "log_time"}`` (``server.leaves``). Never raises.
     """
     try:
         value = decode_deterministic(entry)
@@ -477,6 +478,10 @@ def parse_leaf_view(entry: bytes) -> LeafView | None:
         return LeafView(submitter, event, log_time, signature=signature)
     if keys == {"v", "submitter", "set", "event", "log_time"} and isinstance(value["set"], str):
         return LeafView(submitter, event, log_time, set_jws=value["set"])
+    batch_keys = {"v", "submitter", "batch", "event", "log_time"}
+    if keys == batch_keys and isinstance(value["batch"], dict):
+        # Batch-signed event (client.batchsig): attributed by the batch signature and path.
+        return LeafView(submitter, event, log_time)
     return None
 
 
