@@ -44,11 +44,13 @@ import httpx
 
 from client.errors import ClientError, ConfigurationError, LogResponseError, StateError
 from client.logclient import LogClient, VerifiedCheckpoint, atomic_write
+from client.tlogtiles import MAX_BUNDLE_BYTES
 from merkle.checkpoint import open_checkpoint
 from merkle.errors import MerkleError, ProofError
 from merkle.hashing import EMPTY_ROOT, HASH_SIZE
 from merkle.note import parse_verifier
 from merkle.tiles import (
+    ENTRIES_LEVEL,
     TILE_HEIGHT,
     TILE_WIDTH,
     Tile,
@@ -165,6 +167,10 @@ class Auditor:
     ``save_every`` seconds; ``progress`` is called about every ``progress_every`` seconds;
     ``checkpoints`` are extra ``(source, note)`` pairs to check; ``window`` is how many
     level-0 tiles are fetched ahead; ``witnesses`` asks the policy's witnesses for theirs.
+    With a ``lean_http`` client the full level-0 tiles and bundles are read in order over
+    ``connections`` keep-alive connections with up to ``pipeline`` requests in flight on each
+    (:meth:`LogClient.bulk_reader`; ``pipeline=1``: no HTTP pipelining); otherwise, and for
+    the partial tile at the end, each tile is one request, ``window`` of them at a time.
     """
 
     def __init__(
@@ -178,10 +184,17 @@ class Auditor:
         window: int = 16,
         witnesses: bool = True,
         save_every: float = 2.0,
+        connections: int = 2,
+        pipeline: int = 8,
     ) -> None:
         """Prepare an audit; nothing is fetched yet. Raises ConfigurationError."""
         if window < 1:
             raise ConfigurationError("the fetch window must be at least 1 tile")
+        if connections < 1 or pipeline < 1:
+            raise ConfigurationError("connections and pipeline depth must be at least 1")
+        self.connections = connections
+        self.pipeline = pipeline
+        self._marks = [0.0, 0.0]
         self.client = client
         self.state_path = state_path
         self.progress = progress
@@ -348,11 +361,57 @@ class Auditor:
     ) -> None:
         size = target.tree_size
         count = -(-size // TILE_WIDTH)
+        full = size // TILE_WIDTH
+        self._marks = [time.monotonic(), time.monotonic()]
+        state = (origin, vkey, started, resumed_from)
+        first = progress.next_tile
+        reader = None
+        if first < full:
+            paths, limits = [], []
+            for index in range(first, full):
+                paths += [
+                    format_tile_path(Tile(ENTRIES_LEVEL, index)),
+                    format_tile_path(Tile(0, index)),
+                ]
+                limits += [MAX_BUNDLE_BYTES, _TILE_BYTES]
+            reader = self.client.bulk_reader(
+                paths,
+                limits,
+                connections=self.connections,
+                depth=self.pipeline,
+                window=2 * self.window,
+            )
+        if reader is not None:
+            async with reader:
+                next_ = reader.next
+                for index in range(first, full):
+                    bundle = await next_()
+                    served = await next_()
+                    self.tiles_read += 2
+                    await self._verify_tile0(target, progress, index, bundle, served, state)
+                    # Let the event loop read the connections and send the next requests.
+                    await asyncio.sleep(0)
+            first = full
+        await self._stream_tasks(target, progress, first, count, state)
+        if size % TILE_WIDTH == 0:
+            await self._finish(target, progress, [])
+        self._save(origin, vkey, progress)
+        self._report(size, size, started, resumed_from)
+
+    async def _stream_tasks(
+        self,
+        target: VerifiedCheckpoint,
+        progress: _Progress,
+        first: int,
+        count: int,
+        state: tuple[str, str, float, int],
+    ) -> None:
+        """Fetch and verify level-0 tiles ``first`` to ``count - 1``, ``window`` at a time."""
+        size = target.tree_size
         pending: collections.deque[asyncio.Task[tuple[bytes, bytes]]] = collections.deque()
-        next_fetch = progress.next_tile
-        last_save = last_report = time.monotonic()
+        next_fetch = first
         try:
-            for index in range(progress.next_tile, count):
+            for index in range(first, count):
                 while next_fetch < count and len(pending) < self.window:
                     width = min(TILE_WIDTH, size - next_fetch * TILE_WIDTH)
                     pending.append(
@@ -361,35 +420,52 @@ class Auditor:
                     next_fetch += 1
                 bundle, served = await pending.popleft()
                 self.tiles_read += 1
-                width = min(TILE_WIDTH, size - index * TILE_WIDTH)
-                hashes = bundle_leaf_hashes(bundle, width)
-                if hashes is None:
-                    raise LogResponseError(
-                        f"entry bundle {index} is malformed or does not hold {width} entries"
-                    )
-                computed = b"".join(hashes)
-                if computed != served:
-                    entries = parse_entry_bundle(bundle)
-                    await self._leaf_mismatch(target, index, entries, served, computed)
-                if len(hashes) == TILE_WIDTH:
-                    await self._push(target, progress, 0, _tile_root(hashes))
-                    progress.next_tile = index + 1
-                else:
-                    await self._finish(target, progress, hashes)
-                now = time.monotonic()
-                if now - last_save >= self.save_every and len(hashes) == TILE_WIDTH:
-                    self._save(origin, vkey, progress)
-                    last_save = now
-                if now - last_report >= self.progress_every:
-                    self._report(min(size, (index + 1) * TILE_WIDTH), size, started, resumed_from)
-                    last_report = now
-            if size % TILE_WIDTH == 0:
-                await self._finish(target, progress, [])
+                await self._verify_tile0(target, progress, index, bundle, served, state)
         finally:
             for task in pending:
                 task.cancel()
-        self._save(origin, vkey, progress)
-        self._report(size, size, started, resumed_from)
+
+    async def _verify_tile0(
+        self,
+        target: VerifiedCheckpoint,
+        progress: _Progress,
+        index: int,
+        bundle: bytes,
+        served: bytes,
+        state: tuple[str, str, float, int],
+    ) -> None:
+        """Check level-0 tile ``index`` against its entry bundle and carry its root upwards.
+
+        Every entry is hashed (RFC 6962 §2.1 leaf hash) and the leaf hashes must be the tile
+        as served; a full tile's root goes to the level above (:meth:`_push`), a partial one
+        ends the tree (:meth:`_finish`). Raises LogResponseError for a malformed bundle,
+        LogMisbehaviour for a mismatch.
+        """
+        size = target.tree_size
+        width = min(TILE_WIDTH, size - index * TILE_WIDTH)
+        hashes = bundle_leaf_hashes(bundle, width)
+        if hashes is None:
+            raise LogResponseError(
+                f"entry bundle {index} is malformed or does not hold {width} entries"
+            )
+        computed = b"".join(hashes)
+        if computed != served:
+            entries = parse_entry_bundle(bundle)
+            await self._leaf_mismatch(target, index, entries, served, computed)
+        if width == TILE_WIDTH:
+            await self._push(target, progress, 0, _tile_root(hashes))
+            progress.next_tile = index + 1
+        else:
+            await self._finish(target, progress, hashes)
+        now = time.monotonic()
+        marks = self._marks
+        origin, vkey, started, resumed_from = state
+        if now - marks[0] >= self.save_every and width == TILE_WIDTH:
+            self._save(origin, vkey, progress)
+            marks[0] = now
+        if now - marks[1] >= self.progress_every:
+            self._report(min(size, (index + 1) * TILE_WIDTH), size, started, resumed_from)
+            marks[1] = now
 
     def _report(self, done: int, total: int, started: float, resumed_from: int) -> None:
         elapsed = time.monotonic() - started

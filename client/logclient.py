@@ -102,7 +102,7 @@ from client.tlogtiles import (
     tile_for_size,
 )
 from client.tokens import is_token_ref, token_ref
-from client.transport import Http11Pool, Http11Transport, origin_of
+from client.transport import Http11Pool, Http11Transport, PipelinedGet, RawAnswer, origin_of
 from merkle.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
 from merkle.cosignature import cosignature_timestamp
 from merkle.errors import MalformedError, MerkleError, NoteError, PolicyError, ProofError
@@ -118,6 +118,7 @@ __all__ = [
     "DEFAULT_LOG_URL",
     "STATE_FORMAT",
     "TOKEN_REF_FIELDS",
+    "BulkReader",
     "ClientEvidenceReport",
     "Cosigner",
     "LeafView",
@@ -1001,6 +1002,67 @@ def _verify_untrusted(document: Mapping[str, Any], log_vkey: str) -> ClientEvide
     )
 
 
+def _checked_body(answer: RawAnswer, url: str, limit: int) -> bytes:
+    """Return the body of a lean-HTTP answer to a GET of ``url`` if it is a usable 200.
+
+    Raises NotFoundError (404, 410), LogUnavailableError (429, 5xx), LogResponseError (other
+    statuses, a body over ``limit`` bytes or with a content coding).
+    """
+    status = answer.status
+    if status in (404, 410):
+        raise NotFoundError(f"log answered {status} ({url})")
+    if status == 429 or status >= 500:
+        raise LogUnavailableError(f"log answered {status} ({url})")
+    if status != 200:
+        raise LogResponseError(f"log answered {status} ({url})")
+    if len(answer.body) > limit:
+        raise LogResponseError(f"response is larger than {limit} bytes ({url})")
+    for name, value in answer.headers:
+        if name.lower() == b"content-encoding" and value.strip().lower() != b"identity":
+            raise LogResponseError(f"unasked-for content coding ({url})")
+    return answer.body
+
+
+class BulkReader:
+    """The bodies of many GETs of one log, in order (made by :meth:`LogClient.bulk_reader`).
+
+    Use as ``async with reader:``, then call :meth:`next` once per path, in order.
+    """
+
+    def __init__(
+        self, url: str, paths: Sequence[str], limits: Sequence[int], get: PipelinedGet
+    ) -> None:
+        """Wrap ``get``, whose targets are ``paths`` under ``url``."""
+        if len(paths) != len(limits):
+            raise ValueError("one limit per path")
+        self._url = url
+        self._paths = paths
+        self._limits = limits
+        self._get = get
+        self._at = 0
+
+    async def __aenter__(self) -> BulkReader:
+        try:
+            await self._get.start()
+        except httpx.HTTPError as exc:
+            raise LogUnavailableError(f"{type(exc).__name__} ({self._url})") from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._get.aclose()
+
+    async def next(self) -> bytes:
+        """Return the body of the next path. Raises as :meth:`LogClient._raw_get` does."""
+        at = self._at
+        url = f"{self._url}/{self._paths[at]}"
+        try:
+            answer = await self._get.next()
+        except httpx.HTTPError as exc:
+            raise LogUnavailableError(f"{type(exc).__name__}: {exc} ({url})") from None
+        self._at = at + 1
+        return _checked_body(answer, url, self._limits[at])
+
+
 # =========================================================================== receipts
 
 
@@ -1516,19 +1578,38 @@ class LogClient:
             )
         except httpx.HTTPError as exc:
             raise LogUnavailableError(f"{type(exc).__name__} ({url})") from None
-        status = answer.status
-        if status in (404, 410):
-            raise NotFoundError(f"log answered {status} ({url})")
-        if status == 429 or status >= 500:
-            raise LogUnavailableError(f"log answered {status} ({url})")
-        if status != 200:
-            raise LogResponseError(f"log answered {status} ({url})")
-        if len(answer.body) > limit:
-            raise LogResponseError(f"response is larger than {limit} bytes ({url})")
-        for name, value in answer.headers:
-            if name.lower() == b"content-encoding" and value.strip().lower() != b"identity":
-                raise LogResponseError(f"unasked-for content coding ({url})")
-        return answer.body
+        return _checked_body(answer, url, limit)
+
+    def bulk_reader(
+        self,
+        paths: Sequence[str],
+        limits: Sequence[int],
+        *,
+        connections: int = 2,
+        depth: int = 8,
+        window: int = 64,
+    ) -> BulkReader | None:
+        """Return a reader of ``<url>/<path>`` for every path, pipelined (``lean_http`` only).
+
+        ``limits[i]`` bounds the body of ``paths[i]``. The reads go over their own
+        connections (:class:`client.transport.PipelinedGet`); ``None`` when the client was
+        made without ``lean_http`` (the caller then reads one resource at a time).
+        """
+        if self._pool is None:
+            return None
+        targets = [self._base_path + b"/" + path.encode("ascii") for path in paths]
+        get = PipelinedGet(
+            self._origin,
+            targets,
+            self._raw_headers,
+            connections=connections,
+            depth=depth,
+            window=window,
+            connect_timeout=self._timeout,
+            read_timeout=self._timeout,
+            max_response_bytes=max(limits, default=0),
+        )
+        return BulkReader(self.url, paths, limits, get)
 
     async def hash_tile(self, tile: Tile) -> bytes:
         """Return hash tile ``tile`` (level >= 0) at exactly its width, as served (unchecked).

@@ -28,15 +28,17 @@ left to ``httpx`` (the response carries the body as received, with its headers).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 import httpx
 
-__all__ = ["Http11Pool", "Http11Transport", "RawAnswer", "origin_of"]
+__all__ = ["Http11Pool", "Http11Transport", "PipelinedGet", "RawAnswer", "origin_of"]
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 """Largest status line plus headers accepted."""
@@ -392,3 +394,417 @@ class Http11Transport(httpx.AsyncBaseTransport):
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
+
+
+# --------------------------------------------------------------------------- pipelined GETs
+
+_READ_SIZE: Final = 256 * 1024
+
+
+class _PipeProtocol(asyncio.BufferedProtocol):
+    """One keep-alive connection of a :class:`PipelinedGet`: parses answers as bytes arrive.
+
+    Bytes are received into a fixed scratch buffer and appended to ``pending`` (never exported,
+    so it can shrink from the front in O(1)); each complete answer goes to the owner with the
+    sequence number of the oldest request in flight on this connection.
+    """
+
+    def __init__(self, owner: PipelinedGet) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.inflight: collections.deque[int] = collections.deque()
+        self.answered = 0
+        self.closed = False
+        self.draining = False  # no more requests: the answer being read ends the connection
+        self._scratch = bytearray(_READ_SIZE)
+        self._view = memoryview(self._scratch)
+        self._pending = bytearray()
+        # The head of the answer being read: (status, headers, closing), then its framing.
+        self._head: tuple[int, list[tuple[bytes, bytes]], bool] | None = None
+        self._length: int | None = None  # Content-Length of the answer being read
+        self._chunked = False
+        self._chunks: list[bytes] = []
+        self._chunk_total = 0
+
+    # -- asyncio callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._pending += self._view[:nbytes]
+        try:
+            self._parse()
+        except httpx.HTTPError as exc:
+            self.owner._fail(exc)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._head is not None and self._length is None and not self._chunked:
+            # A body delimited by the end of the connection: it is complete now.
+            status, headers, _ = self._head
+            self._head = None
+            if len(self.inflight) == 1:
+                self._deliver(RawAnswer(status, headers, bytes(self._pending)))
+            else:
+                self.owner._fail(
+                    httpx.RemoteProtocolError("an answer without length inside a pipeline")
+                )
+                return
+        self.owner._lost(self, exc)
+
+    # -- parsing ----------------------------------------------------------------------------
+
+    def _parse(self) -> None:
+        pending = self._pending
+        max_body = self.owner.max_response_bytes
+        while pending:
+            if not self.inflight:
+                raise httpx.RemoteProtocolError("an answer that no request asked for")
+            if self._head is None:
+                end = pending.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(pending) > MAX_HEAD_BYTES:
+                        raise httpx.RemoteProtocolError("response head too large")
+                    return
+                minor, status, headers = _parse_head(bytes(pending[:end]))
+                del pending[: end + 4]
+                if 100 <= status < 200 and status != 101:
+                    continue
+                tokens = [
+                    v.strip().lower() for value in _header(headers, b"connection")
+                    for v in value.split(b",")
+                ]
+                closing = b"close" in tokens or (minor == 0 and b"keep-alive" not in tokens)
+                self._head = (status, headers, closing)
+                encodings = [
+                    v.strip().lower() for value in _header(headers, b"transfer-encoding")
+                    for v in value.split(b",")
+                ]
+                if status in (204, 304):
+                    self._length = 0
+                elif encodings:
+                    if encodings[-1] != b"chunked":
+                        raise httpx.RemoteProtocolError("unsupported transfer coding")
+                    self._chunked = True
+                else:
+                    self._length = _content_length(headers)
+                    if self._length is None:
+                        # Read to the end of the connection (connection_lost); no request
+                        # after this one can be answered on it.
+                        if len(self.inflight) > 1:
+                            raise httpx.RemoteProtocolError(
+                                "an answer without length inside a pipeline"
+                            )
+                        self.draining = True
+                        continue
+                    if self._length > max_body:
+                        raise httpx.RemoteProtocolError("response body too large")
+            if self._chunked:
+                body = self._parse_chunks(max_body)
+                if body is None:
+                    return
+            else:
+                length = self._length
+                if length is None:
+                    if len(pending) > max_body:
+                        raise httpx.RemoteProtocolError("response body too large")
+                    return
+                if len(pending) < length:
+                    return
+                body = bytes(pending[:length])
+                del pending[:length]
+            status, headers, closing = self._head
+            self._head, self._length, self._chunked = None, None, False
+            self._deliver(RawAnswer(status, headers, body))
+            if closing:
+                self.owner._retire(self)
+                return
+
+    def _parse_chunks(self, max_body: int) -> bytes | None:
+        """Consume complete chunks from ``pending``; return the body after the last one."""
+        pending = self._pending
+        while True:
+            end = pending.find(b"\r\n")
+            if end < 0:
+                if len(pending) > MAX_HEAD_BYTES:
+                    raise httpx.RemoteProtocolError("malformed chunk size")
+                return None
+            match = _CHUNK_SIZE.match(bytes(pending[:end]))
+            if match is None:
+                raise httpx.RemoteProtocolError("malformed chunk size")
+            size = int(match.group(1), 16)
+            if size == 0:
+                # Trailer fields (ignored) up to an empty line.
+                at = end + 2
+                while True:
+                    stop = pending.find(b"\r\n", at)
+                    if stop < 0:
+                        if len(pending) > MAX_HEAD_BYTES:
+                            raise httpx.RemoteProtocolError("trailer too large")
+                        return None
+                    if stop == at:
+                        del pending[: stop + 2]
+                        body = b"".join(self._chunks)
+                        self._chunks, self._chunk_total = [], 0
+                        return body
+                    at = stop + 2
+            if self._chunk_total + size > max_body:
+                raise httpx.RemoteProtocolError("response body too large")
+            start = end + 2
+            if len(pending) < start + size + 2:
+                return None
+            if pending[start + size : start + size + 2] != b"\r\n":
+                raise httpx.RemoteProtocolError("malformed chunk end")
+            self._chunks.append(bytes(pending[start : start + size]))
+            self._chunk_total += size
+            del pending[: start + size + 2]
+
+    def _deliver(self, answer: RawAnswer) -> None:
+        self.answered += 1
+        self.owner._deliver(self.inflight.popleft(), answer, self)
+
+    def send(self, requests: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.write(b"".join(requests))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class PipelinedGet:
+    """GETs many resources of one origin, pipelined on a few keep-alive connections.
+
+    For bulk readers (the audit): ``targets`` are request targets (``/path``), sent as GET
+    with ``headers`` (``Host`` included). Each of at most ``connections`` connections keeps up
+    to ``depth`` requests in flight (HTTP/1.1 pipelining, RFC 9112 §9.3.2: answers come in
+    request order), and no request is sent more than ``window`` ahead of the answer the caller
+    reads next. :meth:`next` returns the answers in the order of ``targets``. ``depth=1``
+    turns pipelining off (one request at a time per connection).
+
+    Requests left unanswered when a server closes a connection (``Connection: close``, end of
+    connection between answers, a reset) are sent again on a new connection (they are GETs);
+    a connection that closes before its first answer twice in a row is an error. Parsing is
+    as strict as :class:`Http11Pool`'s. Errors, raised by :meth:`next`: ``httpx.ConnectError``
+    / ``httpx.ConnectTimeout`` (opening), ``httpx.ReadTimeout`` (no next answer within
+    ``read_timeout``), ``httpx.ReadError`` (a connection failed), ``httpx.RemoteProtocolError``
+    (a malformed answer, a body over ``max_response_bytes``).
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        targets: Sequence[bytes],
+        headers: list[tuple[bytes, bytes]],
+        *,
+        connections: int = 2,
+        depth: int = 8,
+        window: int = 64,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        max_response_bytes: int = 64 * 1024 * 1024,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Prepare the reads; nothing is sent before :meth:`start` (or ``async with``).
+
+        Raises ValueError for a non-positive ``connections``, ``depth`` or ``window``, and
+        httpx.UnsupportedProtocol for a scheme other than http or https.
+        """
+        if connections < 1 or depth < 1 or window < 1:
+            raise ValueError("connections, depth and window must be at least 1")
+        if origin[0] not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {origin[0]!r}")
+        self.origin = origin
+        self.max_response_bytes = max_response_bytes
+        self.opened = 0
+        self._targets = targets
+        for name, value in headers:
+            if any(c in value or c in name for c in (b"\r", b"\n")):
+                raise httpx.LocalProtocolError("line break in a header")
+        self._head = b"".join(b"\r\n" + n + b": " + v for n, v in headers) + b"\r\n\r\n"
+        self._connections = connections
+        self._depth = depth
+        self._window = window
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._ssl = ssl_context
+        self._pipes: list[_PipeProtocol] = []
+        self._opening = 0
+        self._next = 0  # next target never sent
+        self._retry: list[int] = []  # targets to send again (ascending)
+        self._consumed = 0  # next answer the caller reads
+        self._results: dict[int, RawAnswer] = {}
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._fruitless = 0  # connections in a row lost before their first answer
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> PipelinedGet:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the connections and send the first requests. Raises as :meth:`next`."""
+        wanted = min(self._connections, max(1, len(self._targets)))
+        pipes = await asyncio.gather(
+            *(self._connect() for _ in range(wanted)), return_exceptions=True
+        )
+        for pipe in pipes:
+            if isinstance(pipe, BaseException):
+                for other in pipes:
+                    if isinstance(other, _PipeProtocol):
+                        other.close()
+                raise pipe
+            self._pipes.append(pipe)
+        self._fill()
+
+    async def aclose(self) -> None:
+        """Close every connection (unread answers are dropped)."""
+        for task in self._tasks:
+            task.cancel()
+        for pipe in self._pipes:
+            pipe.close()
+        self._pipes = []
+
+    async def next(self) -> RawAnswer:
+        """Return the answer to the next target, in order. Raises as the class says."""
+        seq = self._consumed
+        if seq >= len(self._targets):
+            raise IndexError("every answer has been read")
+        answer = self._results.pop(seq, None)
+        while answer is None:
+            if self._error is not None:
+                raise self._error
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    await waiter
+            except TimeoutError:
+                raise httpx.ReadTimeout(f"no answer within {self._read_timeout} s") from None
+            finally:
+                self._waiter = None
+            answer = self._results.pop(seq, None)
+        self._consumed = seq + 1
+        self._fill()
+        return answer
+
+    # -- connections ----------------------------------------------------------------------------
+
+    async def _connect(self) -> _PipeProtocol:
+        scheme, host, port = self.origin
+        context: ssl.SSLContext | None = None
+        if scheme == "https":
+            context = self._ssl or ssl.create_default_context()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, pipe = await loop.create_connection(
+                    lambda: _PipeProtocol(self), host, port, ssl=context
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(
+                f"no connection within {self._connect_timeout} s"
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from None
+        self.opened += 1
+        return pipe
+
+    def _fill(self) -> None:
+        """Send requests on every connection at most half full, within the window."""
+        limit = min(len(self._targets), self._consumed + self._window)
+        targets, head, depth = self._targets, self._head, self._depth
+        low = self._depth // 2
+        for pipe in self._pipes:
+            inflight = pipe.inflight
+            # Refill a connection once half its requests are answered: one write per batch.
+            if pipe.closed or pipe.draining or len(inflight) > low:
+                continue
+            batch: list[bytes] = []
+            while len(inflight) < depth:
+                if self._retry:
+                    seq = self._retry.pop(0)
+                elif self._next < limit:
+                    seq = self._next
+                    self._next += 1
+                else:
+                    break
+                inflight.append(seq)
+                batch.append(b"GET " + (targets[seq] or b"/") + b" HTTP/1.1" + head)
+            if batch:
+                pipe.send(batch)
+
+    def _deliver(self, seq: int, answer: RawAnswer, pipe: _PipeProtocol) -> None:
+        self._fruitless = 0
+        self._results[seq] = answer
+        if seq == self._consumed and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if not pipe.closed:
+            self._fill()
+
+    def _retire(self, pipe: _PipeProtocol) -> None:
+        """The server said it closes ``pipe``: send what it still owes elsewhere."""
+        pipe.close()
+
+    def _lost(self, pipe: _PipeProtocol, exc: Exception | None) -> None:
+        if pipe in self._pipes:
+            self._pipes.remove(pipe)
+        if self._error is not None:
+            return
+        if not pipe.inflight:
+            if not self._pipes and self._opening == 0 and self._outstanding():
+                self._replace()
+            return
+        if pipe.answered == 0:
+            self._fruitless += 1
+            if self._fruitless >= 2:
+                why = f": {exc}" if exc is not None else ""
+                self._fail(httpx.ReadError(f"the server closed the connection{why}"))
+                return
+        self._retry = sorted([*self._retry, *pipe.inflight])
+        pipe.inflight.clear()
+        self._replace()
+
+    def _outstanding(self) -> bool:
+        return bool(self._retry) or self._next < len(self._targets)
+
+    def _replace(self) -> None:
+        """Open a connection in place of a lost one."""
+        self._opening += 1
+        task = asyncio.ensure_future(self._reopen())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reopen(self) -> None:
+        try:
+            pipe = await self._connect()
+        except httpx.HTTPError as exc:
+            self._fail(exc)
+            return
+        finally:
+            self._opening -= 1
+        if self._error is not None:
+            pipe.close()
+            return
+        self._pipes.append(pipe)
+        self._fill()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        for pipe in self._pipes:
+            pipe.close()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)

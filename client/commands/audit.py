@@ -69,6 +69,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--window", type=int, default=16, metavar="N", help="tiles fetched ahead (default 16)"
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=2,
+        metavar="N",
+        help="keep-alive connections for tiles and entries (default 2)",
+    )
+    parser.add_argument(
+        "--pipeline",
+        type=int,
+        default=8,
+        metavar="N",
+        help="HTTP/1.1 requests in flight per connection (default 8; 1 turns pipelining off)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -131,9 +145,10 @@ def _checkpoints(paths: list[str]) -> list[tuple[str, bytes]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.window < 1:
-        print("etch audit: --window must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+    for name in ("window", "connections", "pipeline"):
+        if getattr(args, name) < 1:
+            print(f"etch audit: --{name} must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
     try:
         extra = _checkpoints(args.checkpoint)
     except ConfigurationError as exc:
@@ -151,6 +166,8 @@ def _run(args: argparse.Namespace) -> int:
             checkpoints=extra,
             window=args.window,
             witnesses=not args.no_witnesses,
+            connections=args.connections,
+            pipeline=args.pipeline,
         )
         report = await auditor.run()
         checkpoint = report.checkpoint
