@@ -7,6 +7,8 @@ Run from the project root (each phase takes its own flags; see ``--help``)::
         [--wrk] [--json results.json]
     .venv/bin/python -m benchmarks.bench_server build --data-dir DIR --entries 1000000
         [--database-url postgresql://...]
+    .venv/bin/python -m benchmarks.bench_server --phases cluster --backends postgres
+        [--processes 1,2,4] [--periods 25] [--compare-tree DIR]
 
 Every server is a subprocess on 127.0.0.1 and a free port: the log through
 :mod:`benchmarks.serve_raw` (the engine with its raw-map intake, no OAuth layer) and the ceiling
@@ -15,6 +17,10 @@ options. Every load is one run of :mod:`benchmarks.load` (a subprocess, ``--json
 command lines are printed and kept in the JSON report. Baseline and log runs alternate
 (baseline, log, baseline, log, ...) so that both see the same background load, and every figure
 is the median of ``--repeats`` runs; the ratio of a pair is taken per pair, then the median.
+
+``--compare-tree DIR`` also runs every log server of the ``submit`` and ``cluster`` phases from
+another copy of the source tree (``git archive <commit> | tar -x -C DIR``), in the same rotation:
+a before/after comparison of a change on the same background load.
 
 Phases (per backend; PostgreSQL is a throwaway server started as in the tests, ``tests/pg.py``):
 
@@ -30,6 +36,13 @@ Phases (per backend; PostgreSQL is a throwaway server started as in the tests, `
     sequencer directly (:func:`build_log`), then served; inclusion proofs (random index, tree
     size of the checkpoint) and full level-0 tiles (random) against ``GET /get``, every answer
     verified. With ``--wrk`` the same three are also measured with ``wrk`` (C, 1 thread).
+``cluster`` (PostgreSQL only)
+    the same single-event submissions (64 clients, every receipt verified) against the log run
+    as ``python -m server --workers N --intake raw`` (cluster mode, :mod:`server.cluster`,
+    :mod:`server.workers`) for each N of ``--processes``, with the first batch period of
+    ``--periods``; every server runs at once (on its own database) and the runs rotate
+    (baseline POST, then each N, per repeat). Reports the rate, its ratio to one process, the
+    latency and the CPU per request of all the log's processes and of PostgreSQL.
 ``growth``
     a fresh log grows by 1,000-event batches toward ``--growth-target`` entries (default
     5,000,000) for at most ``--growth-minutes`` per backend; the server's resident memory
@@ -54,6 +67,7 @@ import platform
 import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -162,12 +176,12 @@ def children_cpu(parent: int) -> float:
 class Served:
     """A server subprocess that printed ``ready <url> [<vkey>]``; stop it with :meth:`stop`."""
 
-    def __init__(self, command: Sequence[str], log_path: Path) -> None:
+    def __init__(self, command: Sequence[str], log_path: Path, *, cwd: Path = ROOT) -> None:
         self.command = list(command)
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
             self.command,
-            cwd=ROOT,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -216,8 +230,9 @@ def start_etch(
     database_url: str | None,
     period_ms: int,
     batch_size: int = 1000,
+    tree: Path = ROOT,
 ) -> Served:
-    """Start the raw-map log with its data in ``work/name``."""
+    """Start the raw-map log with its data in ``work/name``, from the source tree ``tree``."""
     command = [
         PYTHON,
         "-m",
@@ -235,7 +250,64 @@ def start_etch(
     ]
     if database_url is not None:
         command += ["--database-url", database_url]
-    return Served(command, work / f"{name}.log")
+    return Served(command, work / f"{name}.log", cwd=tree)
+
+
+class ClusterServed(Served):
+    """``python -m server --workers N --intake raw`` (cluster mode); ready once it is healthy."""
+
+    def __init__(
+        self,
+        work: Path,
+        name: str,
+        *,
+        database_url: str,
+        processes: int,
+        period_ms: int,
+        tree: Path,
+    ) -> None:
+        self.data_dir = work / name
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(socket.socket()) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self._url = f"http://127.0.0.1:{port}"
+        command = [
+            PYTHON,
+            "-m",
+            "server",
+            "--workers",
+            str(processes),
+            "--cluster",
+            "true",
+            "--intake",
+            "raw",
+            "--data-dir",
+            str(self.data_dir),
+            "--database-url",
+            database_url,
+            "--port",
+            str(port),
+            "--batch-period-ms",
+            str(period_ms),
+            "--log-level",
+            "warning",
+        ]
+        super().__init__(command, work / f"{name}.log", cwd=tree)
+
+    def _wait_ready(self, log_path: Path) -> tuple[str, str | None]:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with (
+                contextlib.suppress(OSError, ValueError),
+                urllib.request.urlopen(self._url + "/healthz", timeout=5) as answer,
+            ):
+                if answer.status == 200:
+                    vkey = (self.data_dir / "log.vkey").read_text(encoding="ascii").strip()
+                    return self._url, vkey
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"{' '.join(self.command)} did not become healthy; see {log_path}")
 
 
 def start_baseline(work: Path) -> Served:
@@ -322,10 +394,10 @@ class Bench:
             assert served.vkey is not None
             command += ["--verify", "--vkey", served.vkey]
         before = noise()
-        cpu0 = process_cpu(served.pid)
+        cpu0 = children_cpu(served.pid)  # with its workers, when it has some
         db0 = children_cpu(self.pg_parent) if self.pg_parent else None
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-        cpu1 = process_cpu(served.pid)
+        cpu1 = children_cpu(served.pid)
         db1 = children_cpu(self.pg_parent) if self.pg_parent else None
         if result.returncode not in (0, 1, 3) or not result.stdout.strip():
             raise RuntimeError(f"load tool failed ({result.returncode}): {result.stderr[-2000:]}")
@@ -335,7 +407,7 @@ class Bench:
         started = kind["requests_per_s"] * total or 1.0  # requests during warm-up and window
         measurement = Measurement(
             label=label,
-            target=served.command[2].rsplit(".", 1)[-1],
+            target=_target(served),
             tool="benchmarks.load",
             command=" ".join(_shorten(command)),
             requests_per_s=kind["requests_per_s"],
@@ -415,6 +487,13 @@ class Bench:
             f"  load {m.load1:.1f} psi {m.cpu_pressure:.0f}%{failed}",
             flush=True,
         )
+
+
+def _target(served: Served) -> str:
+    """Return what a server runs: ``serve_raw``, ``baseline_app``, ``server --workers N``."""
+    if served.command[2] == "server":
+        return f"server --workers {served.command[4]}"
+    return served.command[2].rsplit(".", 1)[-1]
 
 
 def _shorten(command: Sequence[str]) -> list[str]:
@@ -587,28 +666,124 @@ class Backend:
 
 
 def phase_submit(bench: Bench, backend: Backend, baseline: Served) -> None:
-    """Single-event submissions against the baseline POST, once per batch period."""
-    curve = {}
+    """Single-event submissions against the baseline POST, once per batch period.
+
+    With ``--compare-tree`` the same log from the other tree joins the rotation (baseline, log,
+    other log, per repeat); its figures go to the section ``submit-compare/<backend>``.
+    """
+    curve: dict[str, Any] = {}
+    compared: dict[str, Any] = {}
+    other_tree: Path | None = bench.args.compare_tree
     for period in bench.args.periods:
         name = f"submit-{backend.name}-{period}ms"
         etch = start_etch(bench.work, name, database_url=backend.fresh_url(name), period_ms=period)
+        other = None
         try:
+            if other_tree is not None:
+                other_name = f"{name}-compare"
+                other = start_etch(
+                    bench.work,
+                    other_name,
+                    database_url=backend.fresh_url(other_name),
+                    period_ms=period,
+                    tree=other_tree,
+                )
             print(f"submit, {backend.name}, batch period {period} ms", flush=True)
-            curve[str(period)] = _pairs(
-                bench,
-                f"submit {backend.name} {period}ms",
-                baseline,
-                etch,
-                "post",
-                "submit",
-                verify=True,
-                repeats=bench.args.repeats,
-                duration=bench.args.duration,
-            )
+            label = f"submit {backend.name} {period}ms"
+            runs: list[tuple[Measurement, Measurement]] = []
+            other_runs: list[tuple[Measurement, Measurement]] = []
+            for _ in range(bench.args.repeats):
+                base = bench.load(
+                    f"{label} baseline post", baseline, "post", duration=bench.args.duration
+                )
+                mine = bench.load(
+                    f"{label} etch submit",
+                    etch,
+                    "submit",
+                    duration=bench.args.duration,
+                    verify=True,
+                )
+                runs.append((base, mine))
+                if other is not None:
+                    theirs = bench.load(
+                        f"{label} compare-tree submit",
+                        other,
+                        "submit",
+                        duration=bench.args.duration,
+                        verify=True,
+                    )
+                    other_runs.append((base, theirs))
+            curve[str(period)] = _summary(runs)
             curve[str(period)]["p99_target_ms"] = period + 250
+            if other_runs:
+                compared[str(period)] = _summary(other_runs)
+                compared[str(period)]["p99_target_ms"] = period + 250
+                compared[str(period)]["tree"] = str(other_tree)
         finally:
             etch.stop()
+            if other is not None:
+                other.stop()
     bench.sections[f"submit/{backend.name}"] = curve
+    if compared:
+        bench.sections[f"submit-compare/{backend.name}"] = compared
+
+
+def phase_cluster(bench: Bench, backend: Backend, baseline: Served) -> None:
+    """Single-event submissions against 1, 2, 4... cluster processes (and the other tree's)."""
+    if backend.name != "postgres":
+        print("cluster phase: PostgreSQL only, skipped for", backend.name, flush=True)
+        return
+    period = bench.args.periods[0]
+    trees: dict[str, Path] = {"this tree": ROOT}
+    if bench.args.compare_tree is not None:
+        trees["compare tree"] = bench.args.compare_tree
+    servers: dict[tuple[str, int], Served] = {}
+    runs: dict[tuple[str, int], list[tuple[Measurement, Measurement]]] = {}
+    try:
+        for tree_name, tree in trees.items():
+            for count in bench.args.processes:
+                name = f"cluster-{'compare-' if tree != ROOT else ''}{count}p"
+                url = backend.fresh_url(name)
+                assert url is not None
+                servers[tree_name, count] = ClusterServed(
+                    bench.work, name, database_url=url, processes=count, period_ms=period, tree=tree
+                )
+                runs[tree_name, count] = []
+        print(f"cluster, processes {bench.args.processes}, batch period {period} ms", flush=True)
+        for _ in range(bench.args.repeats):
+            base = bench.load(
+                "cluster baseline post", baseline, "post", duration=bench.args.duration
+            )
+            for count in bench.args.processes:
+                for tree_name in trees:
+                    served = servers[tree_name, count]
+                    mine = bench.load(
+                        f"cluster {tree_name} {count}p",
+                        served,
+                        "submit",
+                        duration=bench.args.duration,
+                        verify=True,
+                    )
+                    runs[tree_name, count].append((base, mine))
+    finally:
+        for served in servers.values():
+            served.stop()
+    section: dict[str, Any] = {"period_ms": period, "trees": {k: str(v) for k, v in trees.items()}}
+    for tree_name in trees:
+        first = runs[tree_name, bench.args.processes[0]]
+        curve: dict[str, Any] = {}
+        for count in bench.args.processes:
+            summary = _summary(runs[tree_name, count])
+            summary["scale"] = _median(
+                [
+                    m.requests_per_s / one.requests_per_s
+                    for (_, m), (_, one) in zip(runs[tree_name, count], first, strict=True)
+                    if one.requests_per_s
+                ]
+            )
+            curve[str(count)] = summary
+        section[tree_name] = curve
+    bench.sections[f"cluster/{backend.name}"] = section
 
 
 def phase_batch(bench: Bench, backend: Backend) -> None:
@@ -923,6 +1098,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     submit = {k.split("/")[1]: v for k, v in sections.items() if k.startswith("submit/")}
+    submit.update(
+        {
+            f"{k.split('/')[1]} (compare tree)": v
+            for k, v in sections.items()
+            if k.startswith("submit-compare/")
+        }
+    )
     if submit:
         out += [
             "| backend | period ms | baseline req/s | Etch req/s | ratio (runs) | target 0.50 |"
@@ -941,6 +1123,24 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f" | {x['etch_p50_ms']:.0f} / {x['etch_p99_ms']:.0f} / {x['etch_max_ms']:.0f}"
                     f" | {x['p99_target_ms']} {_ok(x['etch_p99_ms'] <= x['p99_target_ms'])}"
                     f" | {x['verified']:,}, {x['verification_failures']} bad |"
+                )
+        out.append("")
+    cluster = sections.get("cluster/postgres")
+    if cluster:
+        out += [
+            "| source | processes | submissions/s (every receipt verified) | x one process (runs)"
+            " | baseline POST req/s | CPU ms/req all processes (+db) | p50 / p99 / max ms"
+            " | load average |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for tree_name in cluster["trees"]:
+            for count, x in cluster[tree_name].items():
+                out.append(
+                    f"| {tree_name} | {count} | {_fmt(x['etch_rps'], 1)} | {x['scale']:.2f}"
+                    f" | {_fmt(x['baseline_rps'])}"
+                    f" | {x['etch_cpu_ms']:.3f} (+{x['etch_db_cpu_ms']:.3f})"
+                    f" | {x['etch_p50_ms']:.0f} / {x['etch_p99_ms']:.0f} / {x['etch_max_ms']:.0f}"
+                    f" | {min(x['load1']):.1f}-{max(x['load1']):.1f} |"
                 )
         out.append("")
     batch = {k.split("/")[1]: v for k, v in sections.items() if k.startswith("batch/")}
@@ -1032,6 +1232,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--growth-target", type=int, default=5_000_000)
     parser.add_argument("--growth-minutes", type=float, default=10.0, help="per backend")
     parser.add_argument("--wrk", action="store_true", help="also measure reads with wrk")
+    parser.add_argument(
+        "--processes", type=_csv_ints, default=[1, 2, 4], help="cluster phase: process counts"
+    )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="also run the log servers from this source tree (before/after, same rotation)",
+    )
     parser.add_argument("--work-dir", type=Path, help="keep data here (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     sub = parser.add_subparsers(dest="command")
@@ -1074,6 +1282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for backend in chosen:
                 if "submit" in phases:
                     phase_submit(bench, backend, baseline)
+                if "cluster" in phases:
+                    phase_cluster(bench, backend, baseline)
                 if "batch" in phases:
                     phase_batch(bench, backend)
                 if "reads" in phases:

@@ -28,11 +28,14 @@ The sequencing process itself (:class:`ClusterLog.submit`)
 Front end (:class:`ClusterLog.submit`)
     Concurrent submissions of one process are coalesced into one ``INSERT`` (one round trip for
     all of them) that also ``NOTIFY``s the pending channel. The process ``LISTEN``s on the commit
-    channel; on each notification (and at the latest every second, so a lost notification costs
-    a second, never a hang) it claims its answered rows with one ``DELETE ... RETURNING``, reads
-    the stored checkpoint and the tiles its proofs need, and answers each submitter with an
-    inclusion proof against that checkpoint (the state row and the tiles it covers are written in
-    one transaction, so they always agree).
+    channel. The sequencer's notification of a run carries the signed checkpoint and where each
+    row landed (:func:`encode_answers`, e.g. ``7:40+3`` for rows 7-9 at indexes 40-42), so the
+    front end learns its answers without a query; it reads the tiles its proofs need and
+    answers each submitter with an inclusion proof against that checkpoint (the state row and
+    the tiles it covers are written in one transaction, so they always agree). When the answers
+    do not fit a notification (8000 bytes), and at the latest every second while submitters wait
+    (a lost notification costs a second, never a hang), it claims its answered rows with one
+    ``DELETE ... RETURNING`` instead.
 
 Election (:class:`ClusterLog`, ``sequence=True``)
     Every half second a process that does not sequence tries ``pg_try_advisory_lock`` on a
@@ -52,8 +55,8 @@ Why this is safe
     of them commit each tree size; the other gets ``CheckpointConflict`` and stops. A crash
     between the log commit and the ``UPDATE`` of the pending rows is harmless: the next
     sequencer submits those rows again and deduplication answers with the original indexes
-    (flagged ``duplicate``). A front end that dies leaves answered rows behind; the sequencer
-    deletes rows answered more than five minutes ago.
+    (flagged ``duplicate``). Rows answered through a notification stay in the table, for a
+    front end that missed it; the sequencer deletes rows answered more than two minutes ago.
 
 Reads
     The checkpoint a front end serves, and the tree size that bounds its tile and proof reads,
@@ -111,7 +114,9 @@ __all__ = [
     "ClusterNames",
     "build_cluster_service",
     "cluster_names",
+    "decode_answers",
     "decode_lookup_keys",
+    "encode_answers",
     "encode_lookup_keys",
     "ensure_pending_table",
 ]
@@ -174,8 +179,9 @@ _MARK_DONE: Final = """
 """
 
 _SWEEP: Final = (
-    "DELETE FROM etch_pending WHERE done_at IS NOT NULL AND done_at < now() - interval '5 minutes'"
+    "DELETE FROM etch_pending WHERE done_at IS NOT NULL AND done_at < now() - interval '2 minutes'"
 )
+"""Answered rows are kept a while for a front end that missed its notification, then deleted."""
 
 _MAX_PAYLOAD: Final = 7900
 """Largest commit notification payload (PostgreSQL's limit is 8000 bytes)."""
@@ -219,6 +225,8 @@ def encode_lookup_keys(keys: Sequence[tuple[str, str]]) -> bytes:
     Example: ``(("client_id", "c1"),)`` -> ``b'[["client_id","c1"]]'``. Any string, NUL and
     lone surrogates included, round-trips through :func:`decode_lookup_keys`.
     """
+    if not keys:
+        return b"[]"
     return json.dumps([[kind, value] for kind, value in keys], separators=(",", ":")).encode(
         "ascii"
     )
@@ -229,6 +237,8 @@ def decode_lookup_keys(data: bytes) -> tuple[tuple[str, str], ...]:
 
     Raises ValueError if ``data`` is not a JSON array of two-string arrays.
     """
+    if data == b"[]":
+        return ()
     value = json.loads(data.decode("ascii"))
     if not isinstance(value, list):
         raise ValueError("lookup keys are not a JSON array")
@@ -255,15 +265,74 @@ async def ensure_pending_table(conn: Any) -> None:
             await conn.execute(statement)
 
 
-def _commit_payload(state: LogState) -> str:
-    """Return the commit notification of ``state``: ``<tree size>\\n<signed checkpoint>``.
+def _commit_payload(state: LogState, answers: str = "") -> str:
+    """Return the commit notification of ``state``: ``<tree size>\\n[@<answers>\\n]<note>``.
 
-    Just the size when the note would not fit PostgreSQL's payload limit.
+    ``answers`` (:func:`encode_answers`) is left out when it would not fit PostgreSQL's payload
+    limit (front ends then claim their rows), and the note too when even it does not fit.
     """
-    payload = f"{state.tree_size}\n{state.checkpoint.decode('utf-8')}"
+    note = state.checkpoint.decode("utf-8")
+    if answers:
+        payload = f"{state.tree_size}\n@{answers}\n{note}"
+        if len(payload) <= _MAX_PAYLOAD:  # ASCII: the note's origin is ASCII-checked text
+            return payload
+    payload = f"{state.tree_size}\n{note}"
     if len(payload.encode("utf-8")) > _MAX_PAYLOAD:
         payload = str(state.tree_size)
     return payload
+
+
+def encode_answers(ids: Sequence[int], answers: Sequence[tuple[int, bool]]) -> str:
+    """Return where pending rows landed, compactly: ``<id>:<index>[+<n>]`` or ``<id>:<index>d``.
+
+    ``answers[k]`` is ``(index, duplicate)`` of row ``ids[k]``. Consecutive ids landing on
+    consecutive new indexes make one run (``+n``: ``n`` rows in all); a duplicate is one run of
+    its own marked ``d``. Runs are joined with ``,``. Example: ids ``[7, 8, 9, 12]`` at
+    ``[(40, False), (41, False), (42, False), (3, True)]`` -> ``"7:40+3,12:3d"``.
+    """
+    runs: list[str] = []
+    k = 0
+    while k < len(ids):
+        first_id, (first_index, duplicate) = ids[k], answers[k]
+        n = 1
+        if not duplicate:
+            while (
+                k + n < len(ids)
+                and ids[k + n] == first_id + n
+                and answers[k + n] == (first_index + n, False)
+            ):
+                n += 1
+        runs.append(
+            f"{first_id}:{first_index}" + ("d" if duplicate else "") + (f"+{n}" if n > 1 else "")
+        )
+        k += n
+    return ",".join(runs)
+
+
+def decode_answers(text: str) -> list[tuple[int, int, bool]]:
+    """Return the ``(id, index, duplicate)`` triples of :func:`encode_answers` text.
+
+    Raises ValueError for anything else (numbers are canonical ASCII decimals).
+    """
+
+    def number(part: str) -> int:
+        if not (part.isascii() and part.isdigit()) or (len(part) > 1 and part[0] == "0"):
+            raise ValueError(f"not a canonical decimal: {part!r}")
+        return int(part)
+
+    out: list[tuple[int, int, bool]] = []
+    for run in text.split(","):
+        head, _, rest = run.partition(":")
+        index_text, plus, count_text = rest.partition("+")
+        duplicate = index_text.endswith("d")
+        if duplicate:
+            index_text = index_text[:-1]
+        count = number(count_text) if plus else 1
+        if count < 1 or (duplicate and count != 1):
+            raise ValueError(f"bad run {run!r}")
+        first_id, first_index = number(head), number(index_text)
+        out.extend((first_id + n, first_index + n, duplicate) for n in range(count))
+    return out
 
 
 def _map_db_error(exc: BaseException) -> StorageError:
@@ -365,7 +434,10 @@ class _Leadership:
             ]
             results = await self.sequencer.submit(submissions)
             newest = max(results, key=lambda r: r.tree_size)
-            payload = _commit_payload(LogState(newest.checkpoint, newest.tree_size, b""))
+            payload = _commit_payload(
+                LogState(newest.checkpoint, newest.tree_size, b""),
+                encode_answers(ids, [(r.index, r.duplicate) for r in results]),
+            )
             for attempt in range(50):
                 try:
                     await owner.pool.fetchrow(
@@ -449,6 +521,8 @@ class ClusterLog(LogService):
         self._commit_event = asyncio.Event()
         self._view_event = asyncio.Event()
         self._waiting: dict[int, asyncio.Future[Sequenced]] = {}
+        self._answers: list[tuple[int, int, bool]] = []
+        self._claim = False
         self._buffer: list[_Enqueue] = []
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None
@@ -656,7 +730,11 @@ class ClusterLog(LogService):
     # -- notifications -----------------------------------------------------------------------
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        """Dispatch a notification; a commit's payload is ``<tree size>\\n<signed checkpoint>``."""
+        """Dispatch a notification; a commit's is ``<tree size>\\n[@<answers>\\n]<note>``.
+
+        Answers for rows this process waits for are handed to the resolver; a commit
+        notification without answers makes it claim its rows from the table.
+        """
         if channel == self.names.pending_channel:
             self.pending_event.set()
             return
@@ -664,6 +742,17 @@ class ClusterLog(LogService):
             return
         self._commit_event.set()
         size_text, _, note = payload.partition("\n")
+        answered = False
+        if note.startswith("@"):
+            answers, _, note = note[1:].partition("\n")
+            try:
+                waiting = self._waiting
+                self._answers.extend(a for a in decode_answers(answers) if a[0] in waiting)
+                answered = True
+            except ValueError:
+                log.warning("a commit notification carries malformed answers; claiming instead")
+        if not answered:
+            self._claim = True
         if not (size_text.isascii() and size_text.isdigit()):
             self._view_event.set()
             return
@@ -869,32 +958,43 @@ class ClusterLog(LogService):
             self._flushing = False
 
     async def _resolve_loop(self) -> None:
-        """Claim answered rows after each commit notification (and every second while waiting).
+        """Answer waiting submitters after each commit notification.
 
-        The receipts of every row claimed at once are built from one read of the stored
-        checkpoint and one read of the tiles they need.
+        The answers come in the notification; when one arrives without them, and every second
+        while submitters wait (a lost notification), the answered rows are claimed from the
+        table instead. The receipts of every row answered at once are built from one read of
+        the tiles they need.
         """
         while True:
             if self._waiting:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._commit_event.wait(), 1.0)
+                except TimeoutError:
+                    self._claim = True
             else:
                 await self._commit_event.wait()
             self._commit_event.clear()
+            answered, self._answers = self._answers, []
+            claim, self._claim = self._claim, False
             if not self._waiting:
                 continue
-            try:
-                rows = await self.pool.fetch(_CLAIM, list(self._waiting))
-            except (StorageError, *_DB_ERRORS) as exc:
-                log.debug("cannot claim answered entries: %s", type(exc).__name__)
-                await asyncio.sleep(0.2)
+            waiting = self._waiting
+            claimed = [(waiting.pop(i), index, dup) for i, index, dup in answered if i in waiting]
+            if claim and waiting:
+                try:
+                    rows = await self.pool.fetch(_CLAIM, list(waiting))
+                except (StorageError, *_DB_ERRORS) as exc:
+                    log.debug("cannot claim answered entries: %s", type(exc).__name__)
+                    rows = []
+                    self._claim = True
+                    await asyncio.sleep(0.2)
+                claimed += [
+                    (waiting.pop(int(row["id"])), int(row["leaf_index"]), row["duplicate"])
+                    for row in rows
+                    if int(row["id"]) in waiting
+                ]
+            if not claimed:
                 continue
-            if not rows:
-                continue
-            claimed = [
-                (self._waiting.pop(int(row["id"]), None), int(row["leaf_index"]), row["duplicate"])
-                for row in rows
-            ]
             try:
                 results = await self._receipts([(index, dup) for _, index, dup in claimed])
             except (StorageError, SequencerStopped, *_DB_ERRORS) as exc:
@@ -904,11 +1004,11 @@ class ClusterLog(LogService):
                     else (_map_db_error(exc))
                 )
                 for future, _, _ in claimed:
-                    if future is not None and not future.done():
+                    if not future.done():
                         future.set_exception(error)
                 continue
             for (future, _, _), result in zip(claimed, results, strict=True):
-                if future is not None and not future.done():
+                if not future.done():
                     future.set_result(result)
 
     async def _receipts(self, answers: Sequence[tuple[int, bool]]) -> list[Sequenced]:
