@@ -322,9 +322,46 @@ def _encode_other(value: object, out: bytearray, depth: int) -> None:
 
 
 def _encode_map(value: Mapping[object, object], out: bytearray, depth: int) -> None:
-    """Encode a map: keys sorted by the bytewise order of their encodings (§4.2.1)."""
+    """Encode a map: keys sorted by the bytewise order of their encodings (§4.2.1).
+
+    A ``dict`` whose keys (in their order) were seen recently takes their sorted encodings from
+    :data:`_KEY_ORDERS`; events of one kind repeat the same keys.
+    """
     if depth >= NESTING_CAP:
         raise CodecError("too-deep", f"nesting deeper than {NESTING_CAP} levels")
+    if type(value) is dict:
+        names = tuple(value)
+        order = _KEY_ORDERS.get(names)
+        if order is None:
+            order = _key_order(names)
+        length = len(order)
+        if length < 24:
+            out.append(0xA0 | length)
+        else:
+            out += _head(5, length)
+        depth += 1
+        for encoded_key, name in order:
+            out += encoded_key
+            item = value[name]
+            kind = type(item)
+            if kind is str:
+                try:
+                    data = item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise CodecError(
+                        "unsupported-type", "text string is not valid Unicode (lone surrogate)"
+                    ) from None
+                size = len(data)
+                if size < 24:
+                    out.append(0x60 | size)
+                else:
+                    out += _head(3, size)
+                out += data
+            elif kind is int and 0 <= item < 24:
+                out.append(item)
+            else:
+                _encode_into(item, out, depth)
+        return
     pairs: list[tuple[bytes, object]] = []
     for key, item in value.items():
         if type(key) is not str:
@@ -343,6 +380,43 @@ def _encode_map(value: Mapping[object, object], out: bytearray, depth: int) -> N
     for encoded_key, item in pairs:
         out += encoded_key
         _encode_into(item, out, depth)
+
+
+_KEY_ORDERS: Final[dict[tuple[object, ...], tuple[tuple[bytes, object], ...]]] = {}
+"""Recently seen key tuples of dicts -> their (encoded key, key) pairs in encoding order."""
+_KEY_ORDERS_LIMIT: Final = 256
+_KEY_ORDER_MAX_KEYS: Final = 64
+
+
+def _key_order(names: tuple[object, ...]) -> tuple[tuple[bytes, object], ...]:
+    """Return the (encoded key, key) pairs of a dict's keys in encoding order, caching it.
+
+    Only small key sets of exact ``str`` keys of at most 64 characters are cached (the cache is
+    emptied when it holds :data:`_KEY_ORDERS_LIMIT` of them). Raises CodecError
+    (unsupported-type) for a key that is not text or is not valid Unicode.
+    """
+    pairs: list[tuple[bytes, object]] = []
+    cacheable = len(names) <= _KEY_ORDER_MAX_KEYS
+    for name in names:
+        key = name
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise CodecError("unsupported-type", "map keys must be text strings")
+            cacheable = False
+            key = str(key)
+        if len(key) > 64:
+            cacheable = False
+            pairs.append((_encoded_text(key), name))
+        else:
+            pairs.append((_encoded_key(key), name))
+    # Encodings of distinct strings are distinct, so the sort never compares the keys.
+    pairs.sort(key=_first)
+    order = tuple(pairs)
+    if cacheable:
+        if len(_KEY_ORDERS) >= _KEY_ORDERS_LIMIT:
+            _KEY_ORDERS.clear()
+        _KEY_ORDERS[names] = order
+    return order
 
 
 def _encode_array(value: Sequence[object], out: bytearray, depth: int) -> None:
@@ -586,12 +660,28 @@ class _JSONChecker:
             raise _RefusalError("too-large", f"more than {self.max_items} items in one container")
         size = 1 if length < 24 else _head_size(length)
         check = self.check
+        max_total = self.max_total
+        max_string = self.max_string
         if isinstance(container, dict):
             for key, item in container.items():
                 self.items += 1
-                if self.items > self.max_total:
+                if self.items > max_total:
                     raise self.too_many()
-                size += self.text_size(key)
+                key_length = len(key)
+                if key_length < 24 and key_length <= max_string and key.isascii():
+                    size += key_length + 1  # what text_size() returns for it
+                else:
+                    size += self.text_size(key)
+                # ASCII text and integers inline (what check() does for them, in order).
+                if type(item) is str and item.isascii() and len(item) <= max_string:
+                    self.items += 1
+                    if self.items > max_total:
+                        refusal = self.too_many()
+                        refusal.path.append(key)
+                        raise refusal
+                    text_length = len(item)
+                    size += text_length + (1 if text_length < 24 else _head_size(text_length))
+                    continue
                 try:
                     size += check(item, depth)
                 except _RefusalError as refusal:
