@@ -31,6 +31,7 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from merkle.checkpoint import Checkpoint, parse_checkpoint, parse_decimal
 from merkle.errors import MalformedError, ProofError
@@ -175,6 +176,17 @@ def parse_receipt(data: bytes) -> Receipt:
     return _parsed_receipt(index, tuple(proof), data[pos:], extra)
 
 
+@lru_cache(maxsize=64)
+def _parse_checkpoint_note(checkpoint: bytes) -> tuple[Note, Checkpoint]:
+    """Parse a receipt's checkpoint note and its text (strictly; signatures not verified).
+
+    Memoized on the exact bytes: receipts of one batch carry the same checkpoint, and both
+    values are immutable. Raises MalformedError (not memoized) for a malformed note or text.
+    """
+    note = parse_note(checkpoint)
+    return note, parse_checkpoint(note.text)
+
+
 def _parsed_receipt(
     index: int, proof: tuple[bytes, ...], checkpoint: bytes, extra: bytes | None
 ) -> Receipt:
@@ -184,8 +196,7 @@ def _parsed_receipt(
     ``extra``; the checkpoint note is parsed and checked here exactly as there. Raises
     MalformedError for a malformed note or checkpoint text.
     """
-    note = parse_note(checkpoint)
-    parsed = parse_checkpoint(note.text)
+    note, parsed = _parse_checkpoint_note(checkpoint)
     receipt = _new(Receipt)
     _set(receipt, "index", index)
     _set(receipt, "proof", proof)
