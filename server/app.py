@@ -456,6 +456,8 @@ class _Handlers:
         # miss reads its whole aligned block of READ_AHEAD neighbours in one storage call
         # (readers such as audits go through them in order), shared by concurrent requests.
         self._immutable = ImmutableCache(IMMUTABLE_CACHE_BYTES)
+        self._single_writer: ResultWriter | None = None
+        self._single_note = b""
         self._loading: dict[TileKey, asyncio.Future[None]] = {}
 
     # -- tlog-tiles ------------------------------------------------------------------------
@@ -571,6 +573,18 @@ class _Handlers:
     def _result(self, result: Sequenced) -> dict[str, Any]:
         return result_body(self.service, result)
 
+    def _writer_for(self, checkpoint: bytes) -> ResultWriter:
+        """Return the writer of single-event answers against ``checkpoint``.
+
+        The answers of one commit share their note's JSON text and most proof hashes' base64:
+        one writer serves them all, and a new one starts with the next checkpoint.
+        """
+        writer = self._single_writer
+        if writer is None or self._single_note != checkpoint:
+            writer = self._single_writer = ResultWriter()
+            self._single_note = checkpoint
+        return writer
+
     async def submit(self, request: Request) -> Response:
         self.service.check_accepting()  # a frozen log refuses before reading anything
         await self.intake.authenticate(request)
@@ -592,11 +606,11 @@ class _Handlers:
             raise
         try:
             (result,) = await self.service.submit([submission])
-            answer = self._result(result)
-            answer.update(await self.intake.finish(request, submission, result))
+            extra = await self.intake.finish(request, submission, result)
         except (SequencerStopped, StorageError) as exc:
             raise _unavailable(exc) from None
-        return _json(answer, 200 if result.duplicate else 201)
+        content = self._writer_for(result.checkpoint).write(result, extra)
+        return Response(content, 200 if result.duplicate else 201, media_type=JSON_TYPE)
 
     async def submit_batch(self, request: Request) -> Response:
         self.service.check_accepting()
