@@ -14,8 +14,13 @@ Submissions wait in a queue; a round takes up to ``batch_size`` of them and, in 
    checkpoint.
 
 Rounds start as soon as the previous one ended and work is pending, but no sooner than
-``batch_period`` after the previous round started, unless a full batch is waiting: under light
-load an entry waits at most one period; under heavy load batches grow to ``batch_size``.
+``batch_period`` after the previous round started, unless a full batch is waiting or no new
+submission arrived for ``batch_idle`` (the queue went quiet: every submitter that was about to
+join is in). Under light load an entry waits at most one period; under heavy load, where
+submissions keep arriving, batches grow to the period's worth or ``batch_size``; when a fixed
+number of clients each wait for their answer (a closed loop), the round starts as soon as they
+have all sent, instead of waiting out the period (which would bound the rate at
+``clients / (period + commit)``).
 
 Before it signs anything after start-up, and again after any failed commit, the sequencer reloads
 its state from storage and proves that the stored tiles reproduce the stored checkpoint's root
@@ -80,6 +85,7 @@ from server.treeview import (
 )
 
 __all__ = [
+    "DEFAULT_BATCH_IDLE",
     "IntegrityFailure",
     "MonotonicClock",
     "Sequenced",
@@ -93,6 +99,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TileKey = tuple[int, int]
+
+DEFAULT_BATCH_IDLE = 0.002
+"""Seconds without a new submission after which a round starts before its period is over."""
 
 
 class IntegrityFailure(Exception):  # noqa: N818 (it names a state, not a programming error)
@@ -257,7 +266,12 @@ async def _verify_entries(storage: Storage, tile_index: int, data: bytes) -> Non
 
 
 class Sequencer:
-    """Appends submissions to one log in batches and signs its checkpoints."""
+    """Appends submissions to one log in batches and signs its checkpoints.
+
+    ``batch_period`` and ``batch_idle`` (``None``: wait out the period) shape the rounds as the
+    module docstring says; :meth:`stop` answers the submitters of a round it cuts short, and
+    those still queued, with :class:`SequencerStopped`.
+    """
 
     def __init__(
         self,
@@ -270,6 +284,7 @@ class Sequencer:
         clock: MonotonicClock | None = None,
         full_check: bool = True,
         max_pending: int = 100_000,
+        batch_idle: float | None = DEFAULT_BATCH_IDLE,
         high_water: HighWaterMark | None = None,
         future_tolerance_ms: int = 60_000,
     ) -> None:
@@ -281,6 +296,9 @@ class Sequencer:
         self._origin = origin
         self._batch_size = batch_size
         self._period = batch_period
+        self._idle = batch_idle
+        self._last_arrival = 0.0
+        self._current: list[_Pending] = []
         self._clock = clock or MonotonicClock()
         self._full_check = full_check
         self._max_pending = max_pending
@@ -358,7 +376,12 @@ class Sequencer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self._fail_pending(SequencerStopped("the log is shutting down", retry_after=1))
+        stopping = SequencerStopped("the log is shutting down", retry_after=1)
+        current, self._current = self._current, []
+        for p in current:  # a round cut short: its outcome is unknown, the retry tells
+            if not p.future.done():
+                p.future.set_exception(stopping)
+        self._fail_pending(stopping)
         if self._high_water is not None:
             self._high_water.close()
 
@@ -376,6 +399,7 @@ class Sequencer:
         loop = asyncio.get_running_loop()
         pending = [_Pending(s, loop.create_future()) for s in submissions]
         self._queue.extend(pending)
+        self._last_arrival = loop.time()
         self._wakeup.set()
         return list(await asyncio.gather(*(p.future for p in pending)))
 
@@ -527,10 +551,9 @@ class Sequencer:
                     if not self._dirty:
                         backoff = min(backoff * 2, 2.0)
                         continue
-            wait = last_start + self._period - loop.time()
-            if wait > 0 and len(self._queue) < self._batch_size:
-                await asyncio.sleep(wait)
+            await self._gather_batch(last_start)
             batch, self._queue = self._queue[: self._batch_size], self._queue[self._batch_size :]
+            self._current = batch
             last_start = loop.time()
             if self._failure is not None:
                 self._stop_for_good(self._failure, batch)
@@ -567,6 +590,26 @@ class Sequencer:
                 del exc
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _gather_batch(self, last_start: float) -> None:
+        """Wait until the next round may start (see the module docstring).
+
+        Returns at ``last_start + batch_period`` at the latest, at once when a full batch is
+        waiting, and earlier when no submission arrived for ``batch_idle`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        idle = self._idle
+        while len(self._queue) < self._batch_size:
+            now = loop.time()
+            wait = last_start + self._period - now
+            if wait <= 0:
+                return
+            if idle is not None:
+                quiet = self._last_arrival + idle - now
+                if quiet <= 0:
+                    return
+                wait = min(wait, quiet)
+            await asyncio.sleep(wait)
 
     def _stop_for_good(self, reason: str, batch: list[_Pending]) -> None:
         self._failure = reason
