@@ -9,16 +9,35 @@ failure here is a crash of a parser: fix the parser and add the shrunk input to
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.mutate import mutated
-from tests.fuzz.targets import TARGETS
+from tests.fuzz.targets import TARGETS, Target
 
 EXAMPLES = int(os.environ.get("ETCH_FUZZ_EXAMPLES", "30"))
 """Examples per target and strategy (``ETCH_FUZZ_EXAMPLES`` overrides)."""
+
+ARTIFACTS = Path(tempfile.gettempdir()) / "etch-fuzz"
+"""Where a crashing input is saved: ``<target>/hypothesis-crash`` (the last one tried, which
+is the shrunk example hypothesis reports)."""
+
+
+def _run(target: Target, data: bytes) -> None:
+    """Run ``target`` on ``data``; on a crash save the input before re-raising."""
+    try:
+        target(data)
+    except BaseException:
+        saved = ARTIFACTS / target.name / "hypothesis-crash"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_bytes(data)
+        note(f"input saved to {saved}: {data!r}")
+        raise
+
 
 _SETTINGS = settings(
     max_examples=EXAMPLES,
@@ -36,7 +55,7 @@ def test_random_bytes(name: str) -> None:
     @_SETTINGS
     @given(st.binary(max_size=512))
     def run(data: bytes) -> None:
-        target(data)
+        _run(target, data)
 
     run()
 
@@ -50,7 +69,7 @@ def test_mutated_seeds(name: str) -> None:
     @_SETTINGS
     @given(mutated(seeds))
     def run(data: bytes) -> None:
-        target(data)
+        _run(target, data)
 
     run()
 
