@@ -774,13 +774,13 @@ def phase_cluster(bench: Bench, backend: Backend, baseline: Served) -> None:
         curve: dict[str, Any] = {}
         for count in bench.args.processes:
             summary = _summary(runs[tree_name, count])
-            summary["scale"] = _median(
-                [
-                    m.requests_per_s / one.requests_per_s
-                    for (_, m), (_, one) in zip(runs[tree_name, count], first, strict=True)
-                    if one.requests_per_s
-                ]
-            )
+            scales = [
+                m.requests_per_s / one.requests_per_s
+                for (_, m), (_, one) in zip(runs[tree_name, count], first, strict=True)
+                if one.requests_per_s
+            ]
+            summary["scale"] = _median(scales)
+            summary["scales"] = [round(x, 2) for x in scales]
             curve[str(count)] = summary
         section[tree_name] = curve
     bench.sections[f"cluster/{backend.name}"] = section
@@ -1137,6 +1137,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             for count, x in cluster[tree_name].items():
                 out.append(
                     f"| {tree_name} | {count} | {_fmt(x['etch_rps'], 1)} | {x['scale']:.2f}"
+                    f" ({', '.join(f'{r:.2f}' for r in x.get('scales', []))})"
                     f" | {_fmt(x['baseline_rps'])}"
                     f" | {x['etch_cpu_ms']:.3f} (+{x['etch_db_cpu_ms']:.3f})"
                     f" | {x['etch_p50_ms']:.0f} / {x['etch_p99_ms']:.0f} / {x['etch_max_ms']:.0f}"
