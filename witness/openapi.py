@@ -42,6 +42,9 @@ def _errors(*statuses: int, problems: bool) -> dict[str, Any]:
             "description": _STATUS_TEXT[status],
             "content": _PROBLEM if problems else _TEXT,
         }
+        if status == 409 and not problems:
+            # tlog-witness: a size conflict answers the witness's size as "<size>\n".
+            answer["content"] = {"text/x.tlog.size": {"schema": {"type": "string"}}, **_TEXT}
         if status in (429, 503):
             answer["headers"] = _RETRY_AFTER
         out[str(status)] = answer
