@@ -45,16 +45,15 @@ from merkle.errors import MalformedError
 from merkle.note import (
     ED25519_SIGNATURE_SIZE,
     KEY_TYPE_COSIGNATURE,
+    Ed25519KeyVerifier,
     NoteSignature,
     VKey,
     check_key_name,
     encode_base64,
     format_vkey,
     key_id,
-    load_ed25519_public_key,
     load_ed25519_seed,
     parse_private_key,
-    parse_vkey,
 )
 
 __all__ = [
@@ -136,57 +135,18 @@ def cosignature_timestamp(signature: NoteSignature) -> int:
     return int(timestamp)
 
 
-class CosignatureVerifier:
+class CosignatureVerifier(Ed25519KeyVerifier):
     """Verifier of Ed25519 cosignatures (type 0x04) by one witness key.
 
-    The parsed public key is kept. Two verifiers are equal when their vkeys are equal.
+    Key name, key ID (computed with type byte 0x04), vkey, equality and the loaded key come
+    from :class:`merkle.note.Ed25519KeyVerifier`; ``from_vkey`` takes a type-0x04 vkey, e.g.
+    ``remora.n621.de+da77ade7+BOvN63jn/bLvkieywe8R6...``.
     """
 
-    __slots__ = ("_key", "_key_id", "_name", "_public_key")
+    __slots__ = ()
 
-    def __init__(self, name: str, public_key: bytes) -> None:
-        """Make a verifier for the 32-byte Ed25519 key of cosigner ``name``.
-
-        Raises MalformedError for an invalid name or key.
-        """
-        self._key = load_ed25519_public_key(public_key)
-        self._name = name
-        self._public_key = public_key
-        self._key_id = key_id(name, KEY_TYPE_COSIGNATURE, public_key)
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> CosignatureVerifier:
-        """Parse a type-0x04 vkey, e.g. ``remora.n621.de+da77ade7+BOvN63jn/bLvkieywe8R6...``.
-
-        Raises MalformedError for a malformed vkey, another key type or a key that is not
-        32 bytes.
-        """
-        parsed = parse_vkey(vkey)
-        if parsed.key_type != KEY_TYPE_COSIGNATURE:
-            raise MalformedError(
-                f"vkey has type 0x{parsed.key_type:02x}, expected 0x04 (Ed25519 cosignature key)"
-            )
-        return cls(parsed.name, parsed.public_key)
-
-    @property
-    def name(self) -> str:
-        """The cosigner's key name."""
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        """The 4-byte key ID (computed with type byte 0x04)."""
-        return self._key_id
-
-    @property
-    def public_key(self) -> bytes:
-        """The raw 32-byte Ed25519 public key."""
-        return self._public_key
-
-    @property
-    def vkey(self) -> str:
-        """The type-0x04 vkey text of this key."""
-        return format_vkey(VKey(self._name, KEY_TYPE_COSIGNATURE, self._public_key))
+    key_type = KEY_TYPE_COSIGNATURE
+    _kind = "Ed25519 cosignature key"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """Report whether ``signature`` (timestamp || Ed25519 signature) cosigns ``message``.
@@ -206,17 +166,6 @@ class CosignatureVerifier:
         except InvalidSignature:
             return False
         return True
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CosignatureVerifier):
-            return NotImplemented
-        return self._name == other._name and self._public_key == other._public_key
-
-    def __hash__(self) -> int:
-        return hash((self._name, self._public_key))
-
-    def __repr__(self) -> str:
-        return f"CosignatureVerifier({self.vkey!r})"
 
 
 class CosignatureSigner:

@@ -40,7 +40,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -55,6 +55,7 @@ __all__ = [
     "KEY_TYPE_COSIGNATURE",
     "KEY_TYPE_ED25519",
     "MAX_SIGNATURES",
+    "Ed25519KeyVerifier",
     "Ed25519Signer",
     "Ed25519Verifier",
     "Note",
@@ -532,14 +533,19 @@ def load_ed25519_seed(seed: bytes) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
-class Ed25519Verifier:
-    """Verifier of signed-note Ed25519 signatures (type 0x01) by one public key.
+class Ed25519KeyVerifier:
+    """The parts every Ed25519-based verifier shares: key name, key ID and the loaded key.
 
-    The parsed public key is kept, so verifying costs one Ed25519 verification. Two verifiers
-    are equal when their vkeys are equal.
+    Subclasses fix the signed-note key type (:attr:`key_type`, part of the key ID) and say
+    what a signature is (:meth:`verify`). The public key is loaded once, so verifying costs
+    one Ed25519 verification. Two verifiers are equal when they are of the same class with
+    the same name and key (that is, the same vkey).
     """
 
     __slots__ = ("_key", "_key_id", "_name", "_public_key")
+
+    key_type: ClassVar[int]
+    _kind: ClassVar[str]
 
     def __init__(self, name: str, public_key: bytes) -> None:
         """Make a verifier for ``public_key`` (32 bytes) under key name ``name``.
@@ -549,19 +555,20 @@ class Ed25519Verifier:
         self._key = load_ed25519_public_key(public_key)
         self._name = name
         self._public_key = public_key
-        self._key_id = key_id(name, KEY_TYPE_ED25519, public_key)
+        self._key_id = key_id(name, self.key_type, public_key)
 
     @classmethod
-    def from_vkey(cls, vkey: str) -> Ed25519Verifier:
-        """Parse a type-0x01 vkey, e.g. ``PeterNeumann+c74f20a3+ARpc2Qc...``.
+    def from_vkey(cls, vkey: str) -> Self:
+        """Parse a vkey of this class's key type, e.g. ``PeterNeumann+c74f20a3+ARpc2Qc...``.
 
         Raises MalformedError for a malformed vkey, another key type or a key that is not
         32 bytes.
         """
         parsed = parse_vkey(vkey)
-        if parsed.key_type != KEY_TYPE_ED25519:
+        if parsed.key_type != cls.key_type:
             raise MalformedError(
-                f"vkey has type 0x{parsed.key_type:02x}, expected 0x01 (Ed25519 note key)"
+                f"vkey has type 0x{parsed.key_type:02x}, expected 0x{cls.key_type:02x} "
+                f"({cls._kind})"
             )
         return cls(parsed.name, parsed.public_key)
 
@@ -572,7 +579,7 @@ class Ed25519Verifier:
 
     @property
     def key_id(self) -> bytes:
-        """The 4-byte key ID."""
+        """The 4-byte key ID (computed with this class's key type)."""
         return self._key_id
 
     @property
@@ -583,7 +590,32 @@ class Ed25519Verifier:
     @property
     def vkey(self) -> str:
         """The vkey text of this key."""
-        return format_vkey(VKey(self._name, KEY_TYPE_ED25519, self._public_key))
+        return format_vkey(VKey(self._name, self.key_type, self._public_key))
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        """Report whether ``signature`` (the bytes after the key ID) signs ``message``."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Ed25519KeyVerifier)
+        return self._name == other._name and self._public_key == other._public_key
+
+    def __hash__(self) -> int:
+        return hash((self._name, self._public_key))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.vkey!r})"
+
+
+class Ed25519Verifier(Ed25519KeyVerifier):
+    """Verifier of signed-note Ed25519 signatures (type 0x01) by one public key."""
+
+    __slots__ = ()
+
+    key_type = KEY_TYPE_ED25519
+    _kind = "Ed25519 note key"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """Report whether ``signature`` is a valid Ed25519 signature of ``message``."""
@@ -594,17 +626,6 @@ class Ed25519Verifier:
         except InvalidSignature:
             return False
         return True
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Ed25519Verifier):
-            return NotImplemented
-        return self._name == other._name and self._public_key == other._public_key
-
-    def __hash__(self) -> int:
-        return hash((self._name, self._public_key))
-
-    def __repr__(self) -> str:
-        return f"Ed25519Verifier({self.vkey!r})"
 
 
 class Ed25519Signer:
