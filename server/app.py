@@ -37,6 +37,7 @@ import contextlib
 import gzip
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -501,15 +502,22 @@ class _Handlers:
     async def _immutable_bytes(self, tile: Tile, size: int) -> bytes | None:
         """Return the encoded bytes of a full hash tile or entry bundle of the tree of ``size``.
 
-        From the cache, else by reading the aligned block of :data:`READ_AHEAD` tiles (or
-        bundles) holding it, the full ones of the tree only, in one storage call; concurrent
-        requests for the same block wait for that one read. Returns ``None`` when storage does
+        From the cache, else from the tree reader's cache of expanded tiles (a hash tile a proof
+        read), else by reading the aligned block of :data:`READ_AHEAD` tiles (or bundles) holding
+        it, the full ones of the tree only, in one storage call; concurrent requests for the same
+        block wait for that one read. Returns ``None`` when storage does
         not hold the tile (yet). Raises StorageError.
         """
         key = (tile.level, tile.index)
         data = self._immutable.get(key)
         if data is not None:
             return data
+        if tile.level != ENTRIES_LEVEL:
+            # Proofs keep the full tiles they read, expanded: no storage read for those.
+            data = self.service.reader.cached_full_tile(key)
+            if data is not None:
+                self._immutable.put(key, data)
+                return data
         first = tile.index - tile.index % READ_AHEAD
         block = (tile.level, first)
         loading = self._loading.get(block)
@@ -686,6 +694,14 @@ class _Handlers:
         return value
 
     async def inclusion(self, request: Request) -> Response:
+        # The common request, ``?index=I&tree_size=N`` with canonical decimals and I < N <= the
+        # log's size, read straight from the raw query; anything else (other forms, errors)
+        # takes the general path below, which answers it exactly as before.
+        plain = _INDEX_AND_SIZE.fullmatch(request.scope["query_string"])
+        if plain is not None:
+            plain_index, plain_size = int(plain[1]), int(plain[2])
+            if plain_index < plain_size <= min(self.service.tree_size, MAX_TREE_SIZE):
+                return await self._inclusion_answer(plain_index, plain_size)
         tree_size = self._tree_size_param(request)
         raw_hash = request.query_params.get("leaf_hash")
         index = _query_int(request, "index", required=raw_hash is None)
@@ -700,6 +716,10 @@ class _Handlers:
         assert index is not None
         if index >= tree_size:
             raise Problem("index-out-of-range", f"index {index} is not below tree size {tree_size}")
+        return await self._inclusion_answer(index, tree_size)
+
+    async def _inclusion_answer(self, index: int, tree_size: int) -> Response:
+        """Answer an inclusion proof request. Requires ``index < tree_size <= tree size``."""
         try:
             value, proof = await self.service.reader.leaf_and_inclusion_proof(index, tree_size)
         except LookupError:
@@ -786,6 +806,10 @@ class _Handlers:
 
     async def openapi(self, request: Request) -> Response:
         return _json(self.openapi_builder(self.service.origin))
+
+
+_INDEX_AND_SIZE = re.compile(rb"index=(0|[1-9][0-9]{0,18})&tree_size=(0|[1-9][0-9]{0,18})")
+"""The raw query of a plain inclusion proof request (canonical decimals, nothing else)."""
 
 
 def _parse_hex_hash(raw: str) -> bytes:

@@ -289,6 +289,17 @@ class TreeReader:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    def cached_full_tile(self, key: TileKey) -> bytes | None:
+        """Return the contents of a full tile whose expansion is cached, without reading storage.
+
+        ``None`` when the tile is not in the cache (or not full). Full tiles are immutable, so
+        the bytes are those storage holds (and the tile server may keep them).
+        """
+        rows = self._cache.get(key)
+        if rows is None or len(rows[0]) != TILE_WIDTH:
+            return None
+        return b"".join(rows[0])
+
     def _expand_edge(self, key: TileKey, data: bytes) -> ExpandedTile:
         """Return the expansion of an in-memory edge tile, reusing it while the tile is unchanged.
 

@@ -1,0 +1,88 @@
+"""Read fast paths: plain inclusion proof queries, and full tiles from the proof reader's cache.
+
+``GET /v1/proof/inclusion?index=I&tree_size=N`` with canonical decimals is answered from the raw
+query string; every other form (and every error) takes the general path. These tests check that
+both give the same bytes for the same proof and that the refusals are unchanged at the edges of
+the fast path. A full tile that proofs already read (kept expanded by the tree reader) is served
+without a storage read, with the stored bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from merkle.hashing import HASH_SIZE
+from merkle.tiles import Tile, format_tile_path
+from tests.server_helpers import open_log
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_plain_and_general_queries_give_the_same_answers(tmp_path: Path) -> None:
+    async with open_log(str(tmp_path / "log.db")) as log:
+        await log.fill(300)
+        for index, size in ((0, 1), (5, 300), (299, 300), (256, 257)):
+            plain = await log.client.get(f"/v1/proof/inclusion?index={index}&tree_size={size}")
+            other = await log.client.get(f"/v1/proof/inclusion?tree_size={size}&index={index}")
+            encoded = await log.client.get(
+                f"/v1/proof/inclusion?index=%3{str(index)[0]}{str(index)[1:]}&tree_size={size}"
+            )
+            assert plain.status_code == other.status_code == encoded.status_code == 200
+            assert plain.content == other.content == encoded.content
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "slug"),
+    [
+        ("index=300&tree_size=300", 400, "index-out-of-range"),
+        ("index=0&tree_size=301", 400, "tree-size-unknown"),
+        ("index=0&tree_size=0", 400, "index-out-of-range"),
+        ("index=05&tree_size=300", 400, "bad-parameter"),
+        ("index=5&tree_size=9223372036854775808", 400, "bad-parameter"),
+        # Not plain: the general path decides (the last value of a repeated parameter).
+        ("index=5&tree_size=300&index=6", 200, None),
+    ],
+)
+async def test_refusals_at_the_edges_of_the_plain_form(
+    tmp_path: Path, query: str, status: int, slug: str | None
+) -> None:
+    async with open_log(str(tmp_path / "log.db")) as log:
+        await log.fill(300)
+        response = await log.client.get(f"/v1/proof/inclusion?{query}")
+        assert response.status_code == status
+        if slug is None:
+            assert response.json()["index"] == 6
+        else:
+            assert response.json()["type"] == f"urn:etch:error:{slug}"
+
+
+async def test_full_tiles_read_by_proofs_are_served_without_storage(tmp_path: Path) -> None:
+    async with open_log(str(tmp_path / "log.db")) as log:
+        entries = await log.fill(600)
+        storage = log.service.storage
+        assert len(entries) == 600
+        # A proof for index 10 at size 600 reads level-0 tile 0 (full) into the reader's cache.
+        proof = await log.client.get("/v1/proof/inclusion?index=10&tree_size=600")
+        assert proof.status_code == 200
+        stored = await storage.read_tiles([(0, 0)])
+        reads: list[Sequence[tuple[int, int]]] = []
+        read_tiles = storage.read_tiles
+
+        async def counted(coords: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+            reads.append(coords)
+            return await read_tiles(coords)
+
+        storage.read_tiles = counted  # type: ignore[method-assign]
+        tile = await log.client.get("/" + format_tile_path(Tile(0, 0)))
+        assert tile.status_code == 200
+        assert tile.content == stored[(0, 0)]
+        assert len(tile.content) == 256 * HASH_SIZE
+        assert reads == []
+        # A full tile no proof has read comes from storage, with the same bytes.
+        other = await log.client.get("/" + format_tile_path(Tile(0, 1)))
+        assert other.status_code == 200
+        assert reads
+        assert other.content == (await read_tiles([(0, 1)]))[(0, 1)]
