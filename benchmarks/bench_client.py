@@ -24,7 +24,9 @@ entries per second over the better of the two. Target: at least 60%. The same au
 run against the same log laid out as static tiles behind a minimal keep-alive file server
 (what a CDN or bucket in front of a tile directory does), which separates the client's rate
 from the Etch server's; and each run reports its client CPU per entry against the bare
-loop's CPU per entry.
+loop's CPU per entry, and the server's CPU seconds. The audit reads the full tiles and bundles
+pipelined (2 connections, 8 requests in flight on each, ``2 * --window`` requests ahead).
+``--log-dir DIR`` builds the log there once and reuses it in later runs.
 
 **Receipts.** ``--receipts`` C2SP tlog-proof receipts (entries from the same tree, the entry in
 the ``extra`` line, inclusion proofs of 20 hashes at 1,000,000 entries) on a checkpoint signed

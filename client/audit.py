@@ -14,10 +14,16 @@ consistency with the trusted state, :meth:`client.logclient.LogClient.update`):
 3. the root is folded from the recomputed right edge and must equal the checkpoint's.
 
 The work is the same hashing as a bare recomputation (one leaf hash per entry, one node hash
-per inner node), plus fetching. Any difference raises a :class:`client.errors.LogMisbehaviour`
-with evidence: a tile that differs from the recomputation is a :class:`TileMismatchError`, an
-entry whose hash differs from a tile leaf that is included under the signed root an
-:class:`EntryMismatchError`.
+per inner node), plus fetching. With a ``lean_http`` client the full level-0 tiles and their
+bundles are read in order over a few keep-alive connections with HTTP/1.1 pipelining
+(:meth:`client.logclient.LogClient.bulk_reader`): the log prepares the next answers while the
+client hashes, and the client spends little CPU per request (no task, no timer, one write per
+batch of requests); each bundle is parsed and hashed in one pass, its leaf hashes compared
+with the served tile in one comparison and paired up into the tile's root.
+
+Any difference raises a :class:`client.errors.LogMisbehaviour` with evidence: a tile that
+differs from the recomputation is a :class:`TileMismatchError`, an entry whose hash differs
+from a tile leaf that is included under the signed root an :class:`EntryMismatchError`.
 
 Resumable: after each run of full level-0 tiles the progress (the audited checkpoint, the next
 tile and the partial upper levels, at most 255 hashes per level) is written atomically to the

@@ -16,6 +16,11 @@ transport does only what reading a log needs, on asyncio streams:
 * the ``connect`` timeout of the request (``httpx.Timeout``) bounds opening a connection, its
   ``read`` timeout the whole exchange (sending the request and reading the answer).
 
+:class:`PipelinedGet` reads many resources of one origin for bulk readers (the audit): requests
+pipelined on a few keep-alive connections (RFC 9112 §9.3.2), answers parsed as bytes arrive in a
+buffered protocol and returned in request order, unanswered requests sent again when a server
+closes a connection.
+
 Parsing is strict: a status line must be ``HTTP/1.x <3 digits> ...``, header lines
 ``name: value`` (no folding), ``Content-Length`` a canonical decimal (repeated values must agree),
 chunk sizes hexadecimal digits. Anything else is an ``httpx.RemoteProtocolError``. Transport
