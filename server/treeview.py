@@ -4,7 +4,9 @@ Every proof follows the three steps of ``merkle.tree``: which nodes are needed (
 tiles that hold them (one storage call), combine (pure). Node hashes below a tile's base level
 are roots of runs of that tile's hashes; full tiles are immutable, so their whole internal
 subtree (511 hashes) is computed once and kept in a bounded LRU cache, which makes every later
-node lookup in them a list index.
+node lookup in them a list index. A miss reads the tile's whole aligned block of
+:data:`READ_BLOCK` tiles in the same storage call and keeps the full ones as stored bytes (as
+many as the cache holds) until a proof needs them, so a cold cache costs one read per block.
 
 Partial tiles (the right edge of the tree) change with every batch: they are taken from the
 sequencer's in-memory edge when this process sequences, else read from storage. The expansion of
@@ -46,6 +48,8 @@ TileKey = tuple[int, int]
 FULL_TILE_BYTES = TILE_WIDTH * HASH_SIZE
 _NODE_PREFIX = b"\x01"  # RFC 6962 §2.1 interior node hash prefix
 _EDGE_CACHE_LIMIT = 64
+READ_BLOCK = 16
+"""Full tiles a :class:`TreeReader` reads together when a proof misses one (an aligned block)."""
 _FOLD_CACHE_LIMIT = 1024
 
 
@@ -274,6 +278,9 @@ class TreeReader:
         self._storage = storage
         self._cache: OrderedDict[TileKey, ExpandedTile] = OrderedDict()
         self._cache_size = cache_tiles
+        # Full tiles read along with a missed one (its aligned block), kept as stored bytes
+        # until a proof needs them expanded: a cold cache fills with one storage read per block.
+        self._raw: OrderedDict[TileKey, bytes] = OrderedDict()
         self._edge = edge or (lambda: None)
         self._edge_rows: dict[TileKey, tuple[bytes, ExpandedTile]] = {}
         self._folds: Folds = {}
@@ -330,16 +337,45 @@ class TreeReader:
             else:
                 missing.append(key)
         if missing:
-            stored = await self._storage.read_tiles(missing)
+            reads = self._with_blocks(missing)
+            stored = await self._storage.read_tiles(reads) if reads else {}
             for key in missing:
-                data = stored.get(key)
+                data = stored.pop(key, None)
+                if data is None:
+                    data = self._raw.pop(key, None)
                 if data is None:
                     continue
                 rows = expand_tile(data)
                 if len(data) == FULL_TILE_BYTES:
                     self._remember(key, rows)
                 found[key] = rows
+            for key, data in stored.items():  # the neighbours read along: full ones are kept
+                if len(data) == FULL_TILE_BYTES and key not in self._cache:
+                    self._raw[key] = data
+                    if len(self._raw) > self._cache_size:
+                        self._raw.popitem(last=False)
         return found
+
+    def _with_blocks(self, missing: Sequence[TileKey]) -> list[TileKey]:
+        """Return the tiles to read for ``missing``: each with the rest of its aligned block of
+        :data:`READ_BLOCK` tiles that is neither cached nor kept raw (none without a cache).
+
+        Tiles already kept raw are left out (they need no read); storage skips the keys of
+        tiles it does not hold, such as those beyond the tree.
+        """
+        if self._cache_size <= 0:
+            return list(missing)
+        wanted: dict[TileKey, None] = {}
+        for level, index in missing:
+            if (level, index) in self._raw:
+                continue
+            wanted[(level, index)] = None
+            first = index - index % READ_BLOCK
+            for neighbour in range(first, first + READ_BLOCK):
+                key = (level, neighbour)
+                if key not in self._cache and key not in self._raw:
+                    wanted[key] = None
+        return list(wanted)
 
     async def node_hashes(self, nodes: Sequence[Node]) -> list[bytes]:
         """Return the hashes of complete nodes of the stored tree. Raises ``LookupError``."""

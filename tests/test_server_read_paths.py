@@ -4,18 +4,23 @@
 query string; every other form (and every error) takes the general path. These tests check that
 both give the same bytes for the same proof and that the refusals are unchanged at the edges of
 the fast path. A full tile that proofs already read (kept expanded by the tree reader) is served
-without a storage read, with the stored bytes.
+without a storage read, with the stored bytes; a cold tree reader reads each aligned block of
+level-0 tiles once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from merkle.hashing import HASH_SIZE
+from merkle.hashing import HASH_SIZE, leaf_hash
 from merkle.tiles import Tile, format_tile_path
+from merkle.tree import verify_inclusion
+from server.storage.base import Storage
+from server.treeview import READ_BLOCK, TreeReader
 from tests.server_helpers import open_log
 
 pytestmark = pytest.mark.anyio
@@ -86,3 +91,32 @@ async def test_full_tiles_read_by_proofs_are_served_without_storage(tmp_path: Pa
         assert other.status_code == 200
         assert reads
         assert other.content == (await read_tiles([(0, 1)]))[(0, 1)]
+
+
+async def test_a_cold_reader_reads_a_block_of_tiles_once(tmp_path: Path) -> None:
+    size = READ_BLOCK * 256 + 5
+    async with open_log(str(tmp_path / "log.db")) as log:
+        entries = await log.fill(size)
+        published = log.service.published
+        assert published is not None
+        root = published.checkpoint.root_hash
+        storage = log.service.storage
+        reads: list[Sequence[tuple[int, int]]] = []
+
+        class Counting:
+            async def read_tiles(
+                self, coords: Sequence[tuple[int, int]]
+            ) -> dict[tuple[int, int], bytes]:
+                reads.append(list(coords))
+                return await storage.read_tiles(coords)
+
+        reader = TreeReader(cast(Storage, Counting()))
+        for index in (3, 256 * 5 + 7, 256 * (READ_BLOCK - 1), size - 1):
+            proof = await reader.inclusion_proof(index, size)
+            verify_inclusion(leaf_hash(entries[index]), index, size, proof, root)
+        # The first proof read block 0 of level 0 along with tile 0; the later ones found their
+        # full level-0 tiles kept raw from it. (Without the sequencer's edge, each proof reads
+        # the partial tile (0, READ_BLOCK) again, with its block's keys beyond the tree.)
+        full = [key for call in reads for key in call if key[0] == 0 and key[1] < READ_BLOCK]
+        assert sorted(full) == [(0, i) for i in range(READ_BLOCK)]
+        assert all((0, READ_BLOCK) in call for call in reads)
