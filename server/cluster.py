@@ -83,6 +83,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -343,7 +344,19 @@ def _map_db_error(exc: BaseException) -> StorageError:
 @dataclass(slots=True)
 class _Enqueue:
     submissions: Sequence[Submission]
-    ids: asyncio.Future[list[int]]
+    ids: asyncio.Future[list[tuple[int, asyncio.Future[Sequenced]]]]
+    """Each submission's row id and the future its answer will be set on."""
+
+
+_EARLY_ANSWERS: Final = 16384
+"""Answers remembered for rows not (yet) known to be this process's own (see ``_flush``)."""
+
+
+async def _keep_session(conn: Any) -> None:
+    """Pool reset hook: nothing to reset, the queue's statements never change session state.
+
+    asyncpg's default reset (``RESET ALL``, ``UNLISTEN *``...) costs a round trip per use.
+    """
 
 
 class _Leadership:
@@ -522,6 +535,7 @@ class ClusterLog(LogService):
         self._view_event = asyncio.Event()
         self._waiting: dict[int, asyncio.Future[Sequenced]] = {}
         self._answers: list[tuple[int, int, bool]] = []
+        self._early: OrderedDict[int, tuple[int, bool]] = OrderedDict()
         self._claim = False
         self._buffer: list[_Enqueue] = []
         self._flushing = False
@@ -553,7 +567,9 @@ class ClusterLog(LogService):
         if self.storage is not self.primary:
             await self._open_read_storage()
         try:
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4)
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=4, reset=_keep_session
+            )
             async with self._pool.acquire() as conn:
                 await ensure_pending_table(conn)
         except _DB_ERRORS as exc:
@@ -746,11 +762,19 @@ class ClusterLog(LogService):
         if note.startswith("@"):
             answers, _, note = note[1:].partition("\n")
             try:
-                waiting = self._waiting
-                self._answers.extend(a for a in decode_answers(answers) if a[0] in waiting)
+                decoded = decode_answers(answers)
                 answered = True
             except ValueError:
                 log.warning("a commit notification carries malformed answers; claiming instead")
+            else:
+                waiting, early = self._waiting, self._early
+                for pending_id, index, duplicate in decoded:
+                    if pending_id in waiting:
+                        self._answers.append((pending_id, index, duplicate))
+                    else:  # another process's row, or one of ours whose id is not known yet
+                        early[pending_id] = (index, duplicate)
+                while len(early) > _EARLY_ANSWERS:
+                    early.popitem(last=False)
         if not answered:
             self._claim = True
         if not (size_text.isascii() and size_text.isdigit()):
@@ -899,26 +923,25 @@ class ClusterLog(LogService):
     async def _submit_queued(self, submissions: Sequence[Submission]) -> list[Sequenced]:
         """Enqueue submissions for the elected sequencer and wait for their answers."""
         loop = asyncio.get_running_loop()
-        ids_future: asyncio.Future[list[int]] = loop.create_future()
+        ids_future: asyncio.Future[list[tuple[int, asyncio.Future[Sequenced]]]]
+        ids_future = loop.create_future()
         self._buffer.append(_Enqueue(submissions, ids_future))
         if not self._flushing:
             self._flushing = True
             self._flush_task = loop.create_task(self._flush())
-        ids = await ids_future
-        futures = [loop.create_future() for _ in ids]
-        for pending_id, future in zip(ids, futures, strict=True):
-            self._waiting[pending_id] = future
         try:
             async with asyncio.timeout(self.wait_timeout):
-                results = list(await asyncio.gather(*futures))
+                rows = await ids_future
+                results = list(await asyncio.gather(*(future for _, future in rows)))
         except TimeoutError:
             raise SequencerStopped(
                 "no sequencer answered in time; resubmit to get the entry's index",
                 retry_after=1,
             ) from None
         finally:
-            for pending_id in ids:
-                self._waiting.pop(pending_id, None)
+            if ids_future.done() and not ids_future.cancelled() and not ids_future.exception():
+                for pending_id, _ in ids_future.result():
+                    self._waiting.pop(pending_id, None)
         return results
 
     async def _flush(self) -> None:
@@ -947,12 +970,29 @@ class ClusterLog(LogService):
                         if not run.ids.done():
                             run.ids.set_exception(error)
                     continue
-                ids = [int(i) for i in row["ids"]]
+                # Waiters are registered here, as soon as the ids are known: the answers may be
+                # dispatched before the submitters run again. Answers that arrived even before
+                # the ids did (this process was descheduled) were kept in ``_early``.
+                loop = asyncio.get_running_loop()
+                early = self._early
                 offset = 0
                 for run in runs:
                     count = len(run.submissions)
-                    if not run.ids.done():
-                        run.ids.set_result(ids[offset : offset + count])
+                    registered = []
+                    for pending in row["ids"][offset : offset + count]:
+                        pending_id = int(pending)
+                        future: asyncio.Future[Sequenced] = loop.create_future()
+                        self._waiting[pending_id] = future
+                        registered.append((pending_id, future))
+                        answer = early.pop(pending_id, None)
+                        if answer is not None:
+                            self._answers.append((pending_id, *answer))
+                            self._commit_event.set()
+                    if run.ids.done():  # the submitter went away (cancelled)
+                        for pending_id, _ in registered:
+                            self._waiting.pop(pending_id, None)
+                    else:
+                        run.ids.set_result(registered)
                     offset += count
         finally:
             self._flushing = False
