@@ -158,7 +158,6 @@ REF_ANSWERS_MAX: Final = 16384
 """Public token-reference lookup answers kept for the current tree size."""
 
 _REF_QUERY_SIZE: Final = len("token_ref=") + 43
-_NO_STORE: Final = {"Cache-Control": "no-store"}
 
 _LOOKUP_KINDS: Final = ("token_ref", "client_id", "subject", "type")
 _LOOKUP_PARAMS: Final = frozenset({*_LOOKUP_KINDS, "since", "until", "after", "limit"})
@@ -191,6 +190,27 @@ def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+class _RefAnswer(Response):
+    """A ``200`` public token-reference lookup answer: JSON, not to be stored.
+
+    The same status, headers (in the same order) and body as
+    ``Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})``,
+    without building the header list from a mapping for each answer.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"cache-control", b"no-store"),
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"application/json"),
+        ]
 
 
 class _SetRefused(Exception):  # noqa: N818 (an answer, like Problem)
@@ -669,7 +689,7 @@ class OAuthLayer:
         else:
             kept = self._ref_answers.get(query)
             if kept is not None:
-                return Response(kept, media_type="application/json", headers=_NO_STORE)
+                return _RefAnswer(kept)
         value = query[10:].decode("ascii", "replace")
         if not is_token_ref(value):
             raise Problem("bad-parameter", "token_ref must be 43 canonical base64url characters")
@@ -691,7 +711,7 @@ class OAuthLayer:
             if len(self._ref_answers) >= REF_ANSWERS_MAX:
                 del self._ref_answers[next(iter(self._ref_answers))]
             self._ref_answers[query] = answer
-        return Response(answer, media_type="application/json", headers=_NO_STORE)
+        return _RefAnswer(answer)
 
     async def _lookup(self, request: Request) -> Response:
         """The general lookup: every parameter, read access checked (see :meth:`lookup`)."""

@@ -27,6 +27,7 @@ async def both(log: OAuthLog, ref: str) -> tuple[bytes, bytes]:
     assert fast.status_code == general.status_code
     assert fast.headers["content-type"] == general.headers["content-type"]
     assert fast.headers["cache-control"] == general.headers["cache-control"]
+    assert fast.headers.multi_items() == general.headers.multi_items()
     return fast.content, general.content
 
 

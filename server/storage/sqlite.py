@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, TypeVar
@@ -334,6 +335,9 @@ class SQLiteStorage:
         self._reader_count = readers
         self._writer: _Worker | None = None
         self._readers: tuple[_Worker, ...] = ()
+        # Point reads answered on the event loop's own thread (see lookup_entries).
+        self._inline: sqlite3.Connection | None = None
+        self._inline_thread = -1
 
     @property
     def path(self) -> str:
@@ -421,6 +425,7 @@ class SQLiteStorage:
         """Close every connection; does nothing if not open."""
         writer, readers = self._writer, self._readers
         self._writer, self._readers = None, ()
+        self._close_inline()
         for reader in readers:
             await reader.close()
         if writer is not None:
@@ -839,26 +844,106 @@ class SQLiteStorage:
     ) -> list[LookupHit]:
         """Return the entries :meth:`lookup` finds, with their log times and leaf bytes.
 
-        Raises ``ValueError`` if ``limit < 1``.
+        A token-reference lookup with no time bounds and at most :data:`INLINE_LOOKUP_LIMIT`
+        results (a few index probes: a token has few events) is read on the calling thread,
+        on a connection of its own (see :meth:`_inline_lookup`), rather than handed to a reader
+        thread; every other lookup goes to a reader. Both see every commit that returned before
+        the call. Raises ``ValueError`` if ``limit < 1``.
         """
         after, limit, low, high = lookup_bounds(after, limit, since_ms, until_ms)
         try:
             params = (encode_key(kind), encode_key(value), after, low, high, limit)
         except IntegrityError:
             return []
+        if (
+            kind == "token_ref"
+            and since_ms is None
+            and until_ms is None
+            and limit <= INLINE_LOOKUP_LIMIT
+            and self._readers
+        ):
+            hits = self._inline_lookup(params)
+            if hits is not None:
+                return hits
 
         def find(conn: sqlite3.Connection) -> list[LookupHit]:
-            rows = conn.execute(
-                "SELECT k.leaf_index, k.log_time, e.data FROM lookup_keys AS k"
-                " JOIN entries AS e ON e.leaf_index = k.leaf_index"
-                " WHERE k.kind = ? AND k.value = ? AND k.leaf_index > ?"
-                " AND k.log_time >= ? AND k.log_time < ?"
-                " ORDER BY k.leaf_index LIMIT ?",
-                params,
-            )
-            return [LookupHit(index, log_time, data) for index, log_time, data in rows]
+            return _lookup_hits(conn, params)
 
         return await self._read().run(find)
+
+    def _inline_lookup(self, params: tuple[object, ...]) -> list[LookupHit] | None:
+        """Run the lookup query on this thread's own read-only connection, never waiting.
+
+        The connection (opened on first use, by the thread that first uses it: the event
+        loop's) has ``query_only`` on and a zero busy timeout: in WAL mode a read takes no lock
+        a writer holds, and in the rare moments SQLite answers busy (say, while a checkpoint
+        resets the WAL) this returns ``None`` and the caller asks a reader thread, which
+        waits. ``None`` too when called from another thread. Raises the mapped error of any
+        other ``sqlite3`` error.
+        """
+        conn = self._inline
+        if conn is None:
+            conn = self._open_inline()
+        elif self._inline_thread != threading.get_ident():
+            return None
+        try:
+            return _lookup_hits(conn, params)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return None
+            raise _map_error(exc) from exc
+        except sqlite3.Error as exc:
+            raise _map_error(exc) from exc
+
+    def _open_inline(self) -> sqlite3.Connection:
+        """Open the calling thread's read-only connection (see :meth:`_inline_lookup`).
+
+        Raises the mapped error if the file cannot be opened.
+        """
+        try:
+            conn = sqlite3.connect(
+                self._path, timeout=0, isolation_level=None, check_same_thread=True
+            )
+        except sqlite3.Error as exc:
+            raise _map_error(exc) from exc
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("PRAGMA cache_size = -32768")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _map_error(exc) from exc
+        self._inline, self._inline_thread = conn, threading.get_ident()
+        return conn
+
+    def _close_inline(self) -> None:
+        """Close the inline connection (from its own thread; otherwise just drop it)."""
+        conn, self._inline = self._inline, None
+        if conn is not None and self._inline_thread == threading.get_ident():
+            conn.close()
+        self._inline_thread = -1
+
+
+_LOOKUP_SQL: Final = (
+    "SELECT k.leaf_index, k.log_time, e.data FROM lookup_keys AS k"
+    " JOIN entries AS e ON e.leaf_index = k.leaf_index"
+    " WHERE k.kind = ? AND k.value = ? AND k.leaf_index > ?"
+    " AND k.log_time >= ? AND k.log_time < ?"
+    " ORDER BY k.leaf_index LIMIT ?"
+)
+"""The lookup query: a range of the ``lookup_keys`` primary key (which holds the log time),
+then one rowid probe of ``entries`` per hit."""
+
+INLINE_LOOKUP_LIMIT: Final = 100
+"""Most results of a token-reference lookup read on the calling thread."""
+
+
+def _lookup_hits(conn: sqlite3.Connection, params: tuple[object, ...]) -> list[LookupHit]:
+    """Return the hits of :data:`_LOOKUP_SQL` with ``params`` (a read of its own)."""
+    return [
+        LookupHit(index, log_time, data)
+        for index, log_time, data in conn.execute(_LOOKUP_SQL, params)
+    ]
 
 
 def _insert_key(conn: sqlite3.Connection, role: str, name: str, key: PrincipalKey) -> None:
