@@ -337,12 +337,15 @@ class TreeReader:
             else:
                 missing.append(key)
         if missing:
-            reads = self._with_blocks(missing)
+            # Tiles kept raw are taken before the read: another request may take or drop them
+            # while this one waits for storage.
+            taken = {key: self._raw.pop(key) for key in missing if key in self._raw}
+            reads = self._with_blocks([key for key in missing if key not in taken])
             stored = await self._storage.read_tiles(reads) if reads else {}
             for key in missing:
                 data = stored.pop(key, None)
                 if data is None:
-                    data = self._raw.pop(key, None)
+                    data = taken.get(key)
                 if data is None:
                     continue
                 rows = expand_tile(data)
@@ -360,15 +363,12 @@ class TreeReader:
         """Return the tiles to read for ``missing``: each with the rest of its aligned block of
         :data:`READ_BLOCK` tiles that is neither cached nor kept raw (none without a cache).
 
-        Tiles already kept raw are left out (they need no read); storage skips the keys of
-        tiles it does not hold, such as those beyond the tree.
+        Storage skips the keys of tiles it does not hold, such as those beyond the tree.
         """
         if self._cache_size <= 0:
             return list(missing)
         wanted: dict[TileKey, None] = {}
         for level, index in missing:
-            if (level, index) in self._raw:
-                continue
             wanted[(level, index)] = None
             first = index - index % READ_BLOCK
             for neighbour in range(first, first + READ_BLOCK):

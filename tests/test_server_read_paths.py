@@ -10,6 +10,7 @@ level-0 tiles once.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -120,3 +121,31 @@ async def test_a_cold_reader_reads_a_block_of_tiles_once(tmp_path: Path) -> None
         full = [key for call in reads for key in call if key[0] == 0 and key[1] < READ_BLOCK]
         assert sorted(full) == [(0, i) for i in range(READ_BLOCK)]
         assert all((0, READ_BLOCK) in call for call in reads)
+
+
+async def test_concurrent_proofs_share_tiles_kept_raw(tmp_path: Path) -> None:
+    """Two proofs needing the same raw-kept tile while both wait for storage: both answer."""
+    size = READ_BLOCK * 256 + 5
+    async with open_log(str(tmp_path / "log.db")) as log:
+        entries = await log.fill(size)
+        published = log.service.published
+        assert published is not None
+        storage = log.service.storage
+
+        class Yielding:
+            async def read_tiles(
+                self, coords: Sequence[tuple[int, int]]
+            ) -> dict[tuple[int, int], bytes]:
+                await asyncio.sleep(0.01)  # let the other proof run up to its own read
+                return await storage.read_tiles(coords)
+
+        reader = TreeReader(cast(Storage, Yielding()))
+        await reader.inclusion_proof(3, size)  # keeps tiles 1..15 of level 0 raw
+        for first in (256 * 5, 256 * 6 + 9):
+            proofs = await asyncio.gather(
+                reader.inclusion_proof(first, size), reader.inclusion_proof(first + 1, size)
+            )
+            for index, proof in zip((first, first + 1), proofs, strict=True):
+                verify_inclusion(
+                    leaf_hash(entries[index]), index, size, proof, published.checkpoint.root_hash
+                )
