@@ -4,7 +4,8 @@ Run from the project root::
 
     .venv/bin/python -m benchmarks.bench_ingest [--batches 12] [--batch-size 1000]
         [--concurrency 2] [--backend sqlite|postgres] [--rounds 3] [--lookup-size 1000000]
-        [--lookup-seconds 30] [--lookup-concurrency 16] [--skip-ingest] [--skip-lookup]
+        [--lookup-seconds 30] [--lookup-concurrency 16] [--lookup-dir DIR]
+        [--baseline-tree DIR] [--skip-ingest] [--skip-lookup]
         [--design per-event|batch-root|batch-root-whole|all]
 
 The machine is shared, so every comparison is made in ``--rounds`` interleaved rounds (a
@@ -46,6 +47,11 @@ over: the log keeps public token-reference answers while the tree size stays the
 Rates are given per second of wall-clock time and per CPU-second of the serving process
 (``/proc/<pid>/stat``: what one answer costs the server, less sensitive to other load on the
 machine). Target: at least 60% of the empty GET's rate.
+
+``--baseline-tree DIR`` also serves the same log with the code in ``DIR`` (an export of an
+earlier commit: ``git archive <commit> | tar -x -C DIR``), at the same time, and measures its
+distinct lookups in each round too (with references of their own): a before/after comparison
+under the same load.
 """
 
 from __future__ import annotations
@@ -407,14 +413,17 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(command: list[str], ready: str | None, url: str | None) -> Any:
-    """Run a server process until the block ends; wait for its ready line or its /healthz.
+def running(
+    command: list[str], ready: str | None, url: str | None, cwd: Path = PROJECT_ROOT
+) -> Any:
+    """Run a server process (in ``cwd``) until the block ends; wait for its ready line or its
+    /healthz.
 
     Yields ``(url, pid)``.
     """
     process = subprocess.Popen(
         command,
-        cwd=PROJECT_ROOT,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if not k.startswith("ETCH_")},
@@ -534,26 +543,59 @@ def bench_lookup(args: argparse.Namespace) -> dict[str, Any]:
             if body != b"ok":
                 raise RuntimeError("the baseline answered something else")
 
-        port = _free_port()
-        server = [
-            sys.executable, "-m", "server", "--data-dir", str(data_dir), "--origin", ORIGIN,
-            "--port", str(port), "--log-level", "warning",
-        ]  # fmt: skip
+        def server(port: int) -> list[str]:
+            return [
+                sys.executable, "-m", "server", "--data-dir", str(data_dir), "--origin", ORIGIN,
+                "--port", str(port), "--log-level", "warning",
+            ]  # fmt: skip
+
+        port, before_port = _free_port(), _free_port()
         baseline = [sys.executable, "-m", "benchmarks.baseline_app", "--port", "0"]
         seconds = args.lookup_seconds / args.rounds
         rounds: list[tuple[Served, Served, Served]] = []
-        share = len(distinct) // args.rounds
+        earlier: list[Served] = []
+        share = len(distinct) // (2 * args.rounds)
         concurrency = args.lookup_concurrency
-        with (
-            running(server, None, f"http://127.0.0.1:{port}") as (log_url, log_pid),
-            running(baseline, "ready", None) as (empty_url, empty_pid),
-        ):
+        with contextlib.ExitStack() as stack:
+            log_url, log_pid = stack.enter_context(
+                running(server(port), None, f"http://127.0.0.1:{port}")
+            )
+            empty_url, empty_pid = stack.enter_context(running(baseline, "ready", None))
+            if args.baseline_tree is not None:
+                before_url, before_pid = stack.enter_context(
+                    running(
+                        server(before_port),
+                        None,
+                        f"http://127.0.0.1:{before_port}",
+                        cwd=args.baseline_tree,
+                    )
+                )
             for number in range(args.rounds):
-                fresh = distinct[number * share : (number + 1) * share]
+                fresh = distinct[2 * number * share : (2 * number + 1) * share]
                 uncached = measure(log_url, log_pid, fresh, seconds, concurrency, check_lookup)
+                if args.baseline_tree is not None:
+                    other = distinct[(2 * number + 1) * share : (2 * number + 2) * share]
+                    earlier.append(
+                        measure(before_url, before_pid, other, seconds, concurrency, check_lookup)
+                    )
                 again = measure(log_url, log_pid, repeated, seconds, concurrency, check_lookup)
                 empty = measure(empty_url, empty_pid, ["/get"], seconds, concurrency, check_empty)
                 rounds.append((uncached, again, empty))
+    compared: dict[str, Any] = {}
+    if earlier:
+        empties = [empty for _, _, empty in rounds]
+        compared = {
+            "baseline_tree": str(args.baseline_tree),
+            "baseline_tree_distinct_refs_per_s": [round(b.wall) for b in earlier],
+            "baseline_tree_distinct_refs_per_server_cpu_s": [round(b.cpu) for b in earlier],
+            "baseline_tree_distinct_ratio_median": round(
+                statistics.median(b.wall / c.wall for b, c in zip(earlier, empties, strict=True)),
+                3,
+            ),
+            "baseline_tree_distinct_cpu_ratio_median": round(
+                statistics.median(b.cpu / c.cpu for b, c in zip(earlier, empties, strict=True)), 3
+            ),
+        }
     return {
         "entries": args.lookup_size,
         "build_seconds": round(build_seconds, 1),
@@ -577,6 +619,14 @@ def bench_lookup(args: argparse.Namespace) -> dict[str, Any]:
         "repeated_cpu_ratio_median": round(
             statistics.median(b.cpu / c.cpu for _, b, c in rounds), 3
         ),
+        "server_cpu_us_per_distinct_lookup_median": round(
+            statistics.median(1e6 / a.cpu for a, _, _ in rounds if a.cpu), 1
+        ),
+        "server_cpu_us_per_empty_get_median": round(
+            statistics.median(1e6 / c.cpu for _, _, c in rounds if c.cpu), 1
+        ),
+        **compared,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -592,6 +642,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lookup-concurrency", type=int, default=16)
     parser.add_argument(
         "--lookup-dir", type=Path, help="keep the large log here and reuse it on later runs"
+    )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also serve the log with the code in this directory (an earlier commit) and compare",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     parser.add_argument(

@@ -81,6 +81,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from client.batchsig import (
     BatchError,
@@ -211,6 +212,39 @@ class _RefAnswer(Response):
             (b"content-length", b"%d" % len(body)),
             (b"content-type", b"application/json"),
         ]
+
+
+class _PublicRefLookups:
+    """ASGI middleware: ``GET /v1/lookup?token_ref=<ref>`` alone, without ``Authorization``,
+    answered before routing (the busiest lookup; see ``OAuthLayer._public_ref_answer``).
+
+    The same status, headers and body as the route gives. Everything else, and any such
+    lookup that is refused (a malformed reference, storage unavailable), goes on to the app,
+    whose route gives the usual answer.
+    """
+
+    def __init__(self, app: ASGIApp, layer: OAuthLayer) -> None:
+        self.app = app
+        self.layer = layer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a public token-reference lookup, or pass the request on."""
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and scope["path"] == "/v1/lookup"
+            and not scope.get("root_path")
+            and self.layer._public_ref_query(scope["query_string"])
+            and all(name != b"authorization" for name, _ in scope["headers"])
+        ):
+            try:
+                body = await self.layer._public_ref_answer(scope["query_string"])
+            except Problem:
+                pass
+            else:
+                await _RefAnswer(body)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _SetRefused(Exception):  # noqa: N818 (an answer, like Problem)
@@ -662,17 +696,21 @@ class OAuthLayer:
     async def lookup(self, request: Request) -> Response:
         """``GET /v1/lookup``: find entries by token reference, client, subject or type."""
         query: bytes = request.scope.get("query_string", b"")
-        if (
+        if self._public_ref_query(query) and "authorization" not in request.headers:
+            return _RefAnswer(await self._public_ref_answer(query))
+        return await self._lookup(request)
+
+    def _public_ref_query(self, query: bytes) -> bool:
+        """Tell whether a raw query string is ``token_ref=<43 characters>`` alone and such a
+        lookup is answered to anyone with the same answer (no entry contents for anyone)."""
+        return (
             len(query) == _REF_QUERY_SIZE
             and query.startswith(b"token_ref=")
             and self.settings.public_token_ref_lookup
             and not self.settings.public_entries
-            and "authorization" not in request.headers
-        ):
-            return await self._public_ref_lookup(query)
-        return await self._lookup(request)
+        )
 
-    async def _public_ref_lookup(self, query: bytes) -> Response:
+    async def _public_ref_answer(self, query: bytes) -> bytes:
         """Answer ``?token_ref=<ref>`` alone, without read access: the busiest lookup.
 
         The same answer as the general path (index, leaf hash and log time of the first 100
@@ -689,7 +727,7 @@ class OAuthLayer:
         else:
             kept = self._ref_answers.get(query)
             if kept is not None:
-                return _RefAnswer(kept)
+                return kept
         value = query[10:].decode("ascii", "replace")
         if not is_token_ref(value):
             raise Problem("bad-parameter", "token_ref must be 43 canonical base64url characters")
@@ -711,7 +749,7 @@ class OAuthLayer:
             if len(self._ref_answers) >= REF_ANSWERS_MAX:
                 del self._ref_answers[next(iter(self._ref_answers))]
             self._ref_answers[query] = answer
-        return _RefAnswer(answer)
+        return answer
 
     async def _lookup(self, request: Request) -> Response:
         """The general lookup: every parameter, read access checked (see :meth:`lookup`)."""
@@ -1154,5 +1192,6 @@ def create_oauth_app(
     )
     # Matched first: lookups are the busiest of these reads, and no engine path is reused.
     app.router.routes[:0] = layer.routes()
+    app.add_middleware(_PublicRefLookups, layer=layer)
     app.state.oauth = layer
     return app

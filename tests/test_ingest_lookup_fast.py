@@ -1,14 +1,19 @@
-"""The fast path of ``GET /v1/lookup?token_ref=...``: same answers as the general path, kept
-answers dropped when the tree grows, refusals unchanged, readers still get entry contents."""
+"""The fast path of ``GET /v1/lookup?token_ref=...``: same answers as the general path (before
+routing and, under a mount, on the route), kept answers dropped when the tree grows, refusals
+unchanged, readers still get entry contents."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from client.tokens import token_ref
+from server.ingest import create_oauth_app
 from tests.oauth_support import OAuthLog, open_oauth_log, sample_event
 
 pytestmark = pytest.mark.anyio
@@ -82,3 +87,22 @@ async def test_openapi_lists_the_signed_batch_route(slog: OAuthLog) -> None:
     assert operation["security"] == [{"bearer": []}]
     body = operation["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["size", "root", "signature", "events"]
+
+
+async def test_a_mounted_log_answers_the_same_on_its_route(slog: OAuthLog) -> None:
+    # Under a mount (a root path) the lookup is answered by the route, not before routing.
+    submitter = await slog.add_submitter("as-prod")
+    ref = token_ref(b"token")
+    await slog.submit(submitter, sample_event("token-issued", token_ref=ref))
+    inner = create_oauth_app(slog.service, slog.storage, manage_service=False)
+    outer = Starlette(routes=[Mount("/logs/a", app=inner)])
+    transport = httpx.ASGITransport(app=outer)
+    async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
+        mounted = await client.get(f"/logs/a/v1/lookup?token_ref={ref}")
+        bad = await client.get(f"/logs/a/v1/lookup?token_ref={'!' * 43}")
+    direct = await slog.client.get(f"/v1/lookup?token_ref={ref}")
+    assert mounted.status_code == 200
+    assert mounted.content == direct.content
+    assert mounted.headers.multi_items() == direct.headers.multi_items()
+    assert len(mounted.json()["results"]) == 1
+    assert bad.status_code == 400
