@@ -71,6 +71,7 @@ import base64
 import binascii
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -276,7 +277,7 @@ class OAuthLayer:
         self.limits = limits or Limits()
         self.rate_limiter = RateLimiter(self.settings.submitter_rate, self.settings.submitter_burst)
         # Public answers of plain token-reference lookups, valid for one tree size.
-        self._ref_answers: dict[bytes, bytes] = {}
+        self._ref_answers: OrderedDict[bytes, bytes] = OrderedDict()
         self._ref_answers_size = -1
 
     # -- clocks ----------------------------------------------------------------------------
@@ -747,7 +748,7 @@ class OAuthLayer:
         answer = b'{"results":[%s],"next":%s}' % (items, cursor)
         if self._ref_answers_size == size:
             if len(self._ref_answers) >= REF_ANSWERS_MAX:
-                del self._ref_answers[next(iter(self._ref_answers))]
+                self._ref_answers.popitem(last=False)
             self._ref_answers[query] = answer
         return answer
 

@@ -1,6 +1,6 @@
 """The fast path of ``GET /v1/lookup?token_ref=...``: same answers as the general path (before
 routing and, under a mount, on the route), kept answers dropped when the tree grows, refusals
-unchanged, readers still get entry contents."""
+unchanged, readers still get entry contents, and only the newest answers are kept."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from client.tokens import token_ref
+from server import ingest
 from server.ingest import create_oauth_app
 from tests.oauth_support import OAuthLog, open_oauth_log, sample_event
 
@@ -106,3 +107,25 @@ async def test_a_mounted_log_answers_the_same_on_its_route(slog: OAuthLog) -> No
     assert mounted.headers.multi_items() == direct.headers.multi_items()
     assert len(mounted.json()["results"]) == 1
     assert bad.status_code == 400
+
+
+async def test_at_most_the_newest_answers_are_kept(
+    slog: OAuthLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "REF_ANSWERS_MAX", 3)
+    submitter = await slog.add_submitter("as-prod")
+    refs = [token_ref(b"token-%d" % i) for i in range(5)]
+    for ref in refs:
+        await slog.submit(submitter, sample_event("token-issued", token_ref=ref))
+    inner = create_oauth_app(slog.service, slog.storage, manage_service=False)
+    layer: ingest.OAuthLayer = inner.state.oauth
+    transport = httpx.ASGITransport(app=inner)
+    async with httpx.AsyncClient(transport=transport, base_url="http://log.test") as client:
+        answers = [await client.get(f"/v1/lookup?token_ref={ref}") for ref in refs]
+        assert [len(a.json()["results"]) for a in answers] == [1] * 5
+        kept = [b"token_ref=" + ref.encode() for ref in refs[2:]]
+        assert list(layer._ref_answers) == kept
+        assert list(layer._ref_answers.values()) == [a.content for a in answers[2:]]
+        again = await client.get(f"/v1/lookup?token_ref={refs[0]}")
+        assert again.content == answers[0].content
+        assert list(layer._ref_answers) == [*kept[1:], b"token_ref=" + refs[0].encode()]
