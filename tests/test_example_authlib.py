@@ -36,8 +36,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from client.batchsig import verify_leaf_attribution
 from client.cbor import decode_deterministic, encode_deterministic
 from client.emitter import EVENT_SIGNATURE_CONTEXT, Emitter, EmitterConfig, load_signing_key
 from client.spool import StoredReceipt
@@ -366,6 +368,7 @@ def verify_everything(server: OAuthServer, log: Log, submitter: Submitter, flows
 
     policy = parse_policy(f"log {log.vkey}\nquorum none\n")
     public_key = submitter.key.public_key()
+    raw_public_key = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     types: Counter[str] = Counter()
     refs: set[str] = set()
     with httpx.Client(base_url=log.url, timeout=30) as http:
@@ -377,15 +380,20 @@ def verify_everything(server: OAuthServer, log: Log, submitter: Submitter, flows
             # 1. the receipt the emitter kept, verified from its bytes alone
             checkpoint = verify_receipt(parse_receipt(stored.receipt), stored.entry, policy)
             assert checkpoint.tree_size == stored.tree_size
-            # 2. the leaf carries the event signed by the submitter's key
+            # 2. the leaf carries the event signed by the submitter's key (one signature per
+            # event, or the emitter's batch-root signature with the event's path in its batch)
             leaf = decode_deterministic(stored.entry)
             assert isinstance(leaf, dict)
             assert leaf["submitter"] == SUBMITTER
             event = leaf["event"]
             assert isinstance(event, dict)
-            signature = leaf["signature"]
-            assert isinstance(signature, bytes)
-            public_key.verify(signature, EVENT_SIGNATURE_CONTEXT + encode_deterministic(event))
+            assert verify_leaf_attribution(stored.entry, [raw_public_key]) == SUBMITTER
+            if "signature" in leaf:
+                signature = leaf["signature"]
+                assert isinstance(signature, bytes)
+                public_key.verify(signature, EVENT_SIGNATURE_CONTEXT + encode_deterministic(event))
+            else:
+                assert "batch" in leaf
             assert event["iss"] == ISSUER
             assert event["jti"] == stored.jti
             types[str(event["type"])] += 1
