@@ -358,6 +358,8 @@ class SQLiteStorage:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_ms:d}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = FULL")
+            # 32 MiB of page cache per connection, filled as pages are touched and kept: the
+            # writer, each reader and the lookup connection may hold up to 32 MiB each.
             conn.execute("PRAGMA cache_size = -32768")
             if writer:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
