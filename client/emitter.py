@@ -363,6 +363,35 @@ def _b64(mapping: Mapping[str, Any], name: str) -> bytes:
         raise ReceiptError(str(exc)) from None
 
 
+def _check_inclusion(
+    value: bytes,
+    index: int,
+    tree_size: int,
+    proof: list[bytes],
+    checkpoint: bytes,
+    log_verifier: Verifier,
+    verified: dict[bytes, Checkpoint] | None,
+) -> None:
+    """Open ``checkpoint`` with the log's key (once per note when ``verified`` caches them),
+    check it is for ``tree_size`` and that ``proof`` includes leaf hash ``value`` at ``index``.
+
+    Raises ReceiptError when any of it fails.
+    """
+    try:
+        parsed = verified.get(checkpoint) if verified is not None else None
+        if parsed is None:
+            parsed, _, _ = open_checkpoint(checkpoint, log_verifier)
+            if verified is not None:
+                verified[checkpoint] = parsed
+        if parsed.tree_size != tree_size:
+            raise ReceiptError(
+                f"the checkpoint is for size {parsed.tree_size}, the answer says {tree_size}"
+            )
+        verify_inclusion(value, index, tree_size, proof, parsed.root_hash)
+    except MerkleError as exc:
+        raise ReceiptError(f"{type(exc).__name__}: {exc}") from None
+
+
 def verify_result(
     result: Mapping[str, Any],
     event: bytes,
@@ -415,17 +444,8 @@ def verify_result(
     if leaf_hash(entry) != value:
         raise ReceiptError("the entry does not hash to the leaf hash")
     _check_entry(entry, event, signature, submitter)
+    _check_inclusion(value, index, tree_size, proof, checkpoint, log_verifier, verified)
     try:
-        parsed = verified.get(checkpoint) if verified is not None else None
-        if parsed is None:
-            parsed, _, _ = open_checkpoint(checkpoint, log_verifier)
-            if verified is not None:
-                verified[checkpoint] = parsed
-        if parsed.tree_size != tree_size:
-            raise ReceiptError(
-                f"the checkpoint is for size {parsed.tree_size}, the answer says {tree_size}"
-            )
-        verify_inclusion(value, index, tree_size, proof, parsed.root_hash)
         receipt = parse_receipt(receipt_text)
     except MerkleError as exc:
         raise ReceiptError(f"{type(exc).__name__}: {exc}") from None
@@ -520,19 +540,7 @@ def verify_batch_result(
         entry = encode_batch_leaf(submitter, event, proof, log_time)
         if leaf_hash(entry) != value:
             raise ReceiptError("the logged leaf is not the event, index, path and signature sent")
-    try:
-        parsed = verified.get(checkpoint) if verified is not None else None
-        if parsed is None:
-            parsed, _, _ = open_checkpoint(checkpoint, log_verifier)
-            if verified is not None:
-                verified[checkpoint] = parsed
-        if parsed.tree_size != tree_size:
-            raise ReceiptError(
-                f"the checkpoint is for size {parsed.tree_size}, the answer says {tree_size}"
-            )
-        verify_inclusion(value, index, tree_size, hashes, parsed.root_hash)
-    except MerkleError as exc:
-        raise ReceiptError(f"{type(exc).__name__}: {exc}") from None
+    _check_inclusion(value, index, tree_size, hashes, checkpoint, log_verifier, verified)
     receipt = format_receipt(Receipt(index, tuple(hashes), checkpoint))
     return index, value, tree_size, checkpoint, receipt, entry, duplicate
 

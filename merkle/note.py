@@ -38,6 +38,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, Self
@@ -533,7 +534,7 @@ def load_ed25519_seed(seed: bytes) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(seed)
 
 
-class Ed25519KeyVerifier:
+class Ed25519KeyVerifier(ABC):
     """The parts every Ed25519-based verifier shares: key name, key ID and the loaded key.
 
     Subclasses fix the signed-note key type (:attr:`key_type`, part of the key ID) and say
@@ -592,9 +593,9 @@ class Ed25519KeyVerifier:
         """The vkey text of this key."""
         return format_vkey(VKey(self._name, self.key_type, self._public_key))
 
+    @abstractmethod
     def verify(self, message: bytes, signature: bytes) -> bool:
         """Report whether ``signature`` (the bytes after the key ID) signs ``message``."""
-        raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

@@ -260,6 +260,22 @@ class _SetRefused(Exception):  # noqa: N818 (an answer, like Problem)
         return _json({"err": self.code, "description": self.description}, 400)
 
 
+def _event_submission(
+    submitter: str, data: bytes, event: Mapping[str, Any], log_time: int
+) -> Submission:
+    """The sequencer's submission for an event leaf: deduplicated by (submitter, jti), found
+    by the event's lookup keys. Precondition: ``event`` is validated (``jti`` is a string)."""
+    jti = event["jti"]
+    assert isinstance(jti, str)
+    return Submission(
+        data,
+        leaf_hash(data),
+        idempotency_key=f"{submitter}\x00{jti}",
+        lookup_keys=event_lookup_keys(event),
+        log_time=log_time,
+    )
+
+
 class OAuthLayer:
     """The OAuth layer of one log: an :class:`server.app.Intake` plus its routes and guards."""
 
@@ -362,15 +378,7 @@ class OAuthLayer:
             data = encode_event_leaf(submitter.name, event_bytes, signature, log_time, self.limits)
         except LeafError as exc:
             raise Problem("entry-too-large", str(exc)) from None
-        jti = body["jti"]
-        assert isinstance(jti, str)
-        return Submission(
-            data,
-            leaf_hash(data),
-            idempotency_key=f"{submitter.name}\x00{jti}",
-            lookup_keys=event_lookup_keys(body),
-            log_time=log_time,
-        )
+        return _event_submission(submitter.name, data, body, log_time)
 
     async def finish(
         self, request: Request, submission: Submission, result: Sequenced
@@ -576,15 +584,7 @@ class OAuthLayer:
             )
         except LeafError as exc:
             raise Problem("entry-too-large", str(exc)) from None
-        jti = event["jti"]
-        assert isinstance(jti, str)
-        return Submission(
-            data,
-            leaf_hash(data),
-            idempotency_key=f"{submitter.name}\x00{jti}",
-            lookup_keys=event_lookup_keys(event),
-            log_time=log_time,
-        )
+        return _event_submission(submitter.name, data, event, log_time)
 
     async def _signed_batch_answer(
         self,
