@@ -194,3 +194,28 @@ def test_worker_sockets_share_the_port_held_by_the_parent() -> None:
         for sock in (*clients, *listeners, holder):
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+@pytest.mark.parametrize("reuse_port", [False, *([True] if REUSE_PORT else [])])
+async def test_worker_connections_send_without_delay(reuse_port: bool) -> None:
+    """asyncio sets TCP_NODELAY only where the socket's proto says TCP; the workers' must.
+
+    Without it an answer written in two parts waits for the client's delayed ACK (40 ms per
+    keep-alive request, measured before the fix).
+    """
+    listener = bind_socket("127.0.0.1", 0, reuse_port=reuse_port)
+    nodelay: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        nodelay.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(accepted, sock=listener)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.getsockname()[1])
+        assert await asyncio.wait_for(nodelay, 5) != 0
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
