@@ -2,9 +2,10 @@
 
 Every process of a cluster is a front end: it authenticates and validates a submission where
 the request arrives (the app's intake), then hands the prepared :class:`Submission` to the
-sequencer through the table ``etch_pending`` of the log's database and waits for the answer.
-Exactly one process at a time also sequences: the one holding the log's PostgreSQL advisory
-lock.
+sequencer and waits for the answer: over the local link (:mod:`server.cluster_link`) when the
+sequencing process runs on the same host, else through the table ``etch_pending`` of the log's
+database. Exactly one process at a time also sequences: the one holding the log's PostgreSQL
+advisory lock.
 
 ::
 
@@ -25,7 +26,15 @@ The sequencing process itself (:class:`ClusterLog.submit`)
     sequencing while submissions of its own wait, they go through the queue to the successor
     (an entry the cut-short round did commit is then answered as a duplicate, with its index).
 
-Front end (:class:`ClusterLog.submit`)
+Local link (:class:`ClusterLog.submit`, ``local_link=True``, the default)
+    The sequencing process also listens on a local socket named after the database URL and the
+    origin; a front end on its host sends its prepared submissions there and gets the finished
+    results (index, leaf hash, checkpoint, proof) back, with no queue row, notification or tile
+    read. When the link is down or answers that its process no longer sequences, and when the
+    connection is lost with submissions in flight, they go through the queue below (anything
+    the link's sequencer did commit is then answered as a duplicate, with its index).
+
+Front end through the queue (:class:`ClusterLog.submit`)
     Concurrent submissions of one process are coalesced into one ``INSERT`` (one round trip for
     all of them) that also ``NOTIFY``s the pending channel. The process ``LISTEN``s on the commit
     channel. The sequencer's notification of a run carries the signed checkpoint and where each
@@ -94,6 +103,7 @@ from merkle.checkpoint import open_checkpoint
 from merkle.errors import MerkleError
 from merkle.note import Ed25519Signer
 from merkle.tree import Node, build_inclusion_proof, inclusion_nodes
+from server.cluster_link import LinkClient, LinkLost, LinkServer, Moved, link_address
 from server.config import Settings
 from server.log import LogService
 from server.replica import ReplicaRoutedStorage, ReplicaStorage
@@ -379,6 +389,7 @@ class _Leadership:
         self._batches: set[asyncio.Task[None]] = set()
         self.started = time.monotonic()
         self.sequencer.subscribe(self._on_commit)
+        self.link: LinkServer | None = None
 
     def _on_commit(self, note: bytes) -> None:
         """After each commit: tell the owner, and announce it unless a pending run will."""
@@ -388,9 +399,35 @@ class _Leadership:
         """Load and verify the stored log, then feed it. Raises IntegrityFailure, StorageError."""
         await self.sequencer.start()
         self._task = asyncio.create_task(self._feed(), name=f"feeder {self.owner.origin}")
+        if self.owner.local_link:
+            link = LinkServer(self.owner.link_address, self._link_submit)
+            try:
+                await link.start()
+                self.link = link
+            except OSError as exc:  # a previous sequencer here still holds it: the queue works
+                log.warning("cannot open the local link (%s); front ends use the queue", exc)
+
+    async def _link_submit(self, submissions: list[Submission]) -> list[Sequenced]:
+        """Sequence what a front end sent over the local link, like this process's own.
+
+        Raises Moved when this process no longer sequences (the front end uses the queue, where
+        the successor answers, with the original index for anything committed here), else
+        SequencerStopped.
+        """
+        if self.owner._leadership is not self or self.failure is not None:
+            raise Moved("this process no longer sequences")
+        try:
+            return await self.sequencer.submit(submissions)
+        except SequencerStopped:
+            if self.owner._leadership is not self or self.failure is not None:
+                raise Moved("this process stopped sequencing") from None
+            raise
 
     async def stop(self) -> None:
         """Stop feeding and sequencing at once (pending rows stay for the next sequencer)."""
+        link, self.link = self.link, None
+        if link is not None:
+            await link.stop()
         tasks = [t for t in (self._task, *self._batches) if t is not None]
         for task in tasks:
             task.cancel()
@@ -484,7 +521,9 @@ class ClusterLog(LogService):
     sequences (a pure front end). ``full_check`` is the sequencer's start-up check on every
     takeover (default: the right edge and compact range only, so a takeover stays fast on a
     large log; ``etch fsck`` does the full check). ``wait_timeout`` bounds how long a submitter
-    waits for its entry (then 503, and a retry finds the original index).
+    waits for its entry (then 503, and a retry finds the original index). ``local_link``: hand
+    submissions to a sequencing process on this host over :mod:`server.cluster_link` (and, when
+    this process sequences, listen for front ends there).
     """
 
     def __init__(
@@ -503,6 +542,7 @@ class ClusterLog(LogService):
         sequence: bool = True,
         wait_timeout: float = 30.0,
         lease_interval: float = 0.5,
+        local_link: bool = True,
     ) -> None:
         super().__init__(
             storage,
@@ -524,6 +564,9 @@ class ClusterLog(LogService):
         self.sequence = sequence
         self.wait_timeout = wait_timeout
         self.lease_interval = lease_interval
+        self.local_link = local_link
+        self.link_address = link_address(dsn, origin)
+        self._link = LinkClient(self.link_address)
         self._dsn = dsn
         self._primary_reader = TreeReader(storage)
         self._pool: Any = None
@@ -613,6 +656,7 @@ class ClusterLog(LogService):
             if not future.done():
                 future.set_exception(SequencerStopped("the log is shutting down", retry_after=1))
         self._waiting.clear()
+        self._link.close()
         for conn in (self._listener, self._lock_conn):
             if conn is not None:
                 conn.terminate()
@@ -910,6 +954,8 @@ class ClusterLog(LogService):
                 # Sequencing moved on while these waited: hand them to the successor. Entries
                 # the cut-short round did commit are answered as duplicates with their index.
                 results = await self._submit_queued(submissions)
+        elif self.local_link:
+            results = await self._submit_linked(submissions)
         else:
             results = await self._submit_queued(submissions)
         new = sum(1 for r in results if not r.duplicate)
@@ -919,6 +965,19 @@ class ClusterLog(LogService):
             self.metrics.submissions.labels("duplicate").inc(len(results) - new)
         self.metrics.sequencing_latency.observe(time.perf_counter() - start)
         return results
+
+    async def _submit_linked(self, submissions: Sequence[Submission]) -> list[Sequenced]:
+        """Hand submissions to the sequencing process over the local link, else the queue."""
+        try:
+            async with asyncio.timeout(self.wait_timeout):
+                return await self._link.submit(submissions)
+        except LinkLost:
+            return await self._submit_queued(submissions)
+        except TimeoutError:
+            raise SequencerStopped(
+                "no sequencer answered in time; resubmit to get the entry's index",
+                retry_after=1,
+            ) from None
 
     async def _submit_queued(self, submissions: Sequence[Submission]) -> list[Sequenced]:
         """Enqueue submissions for the elected sequencer and wait for their answers."""
@@ -1111,4 +1170,5 @@ def build_cluster_service(
         batch_size=settings.batch_size,
         batch_period=settings.batch_period_ms / 1000,
         witnessed=witnessed,
+        local_link=settings.local_link,
     )

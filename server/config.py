@@ -27,6 +27,7 @@ set_audience        ETCH_SET_AUDIENCE     --set-audience            none (the or
 cluster             ETCH_CLUSTER          --cluster                 ``false`` (PostgreSQL only)
 workers             ETCH_WORKERS          --workers                 ``1`` process
 replica_url         ETCH_REPLICA_URL      --replica-url             none (reads on the primary)
+local_link          ETCH_LOCAL_LINK       --local-link              ``true`` (cluster mode)
 frozen              ETCH_FROZEN           --frozen                  ``false``
 successor           ETCH_SUCCESSOR        --successor               none (a ``[logs.<name>]``)
 [limits] max_...    ETCH_MAX_...          --max-...                 :data:`DEFAULT_LIMITS`
@@ -66,6 +67,8 @@ The ``[limits]`` table takes the fields of :class:`server.codec.Limits` (``max_b
   such processes on one listening socket; ``replica_url`` names a PostgreSQL streaming replica
   that serves reads (tiles, proofs, entries, lookups, the served checkpoint). Each needs a
   PostgreSQL ``database_url``. ``replica_url`` may hold a password, like ``database_url``.
+  ``local_link`` (default ``true``): front ends on the sequencing process's host hand it their
+  submissions over a local socket instead of PostgreSQL's queue (:mod:`server.cluster_link`).
 
 * ``[logs.<name>]`` tables host further logs in the same service (:mod:`server.multilog`),
   each with its own origin, key, tree and witness policy: temporal shards (one log per period)
@@ -252,8 +255,6 @@ def _check_level(raw: object) -> str:
     return level
 
 
-
-
 _UNBOUNDED: Final = 2**40
 
 
@@ -284,9 +285,7 @@ class _Option:
         return f"limits.{self.name}" if self.in_limits else self.name
 
 
-def _int_option(
-    name: str, low: int, high: int, help: str, *, in_limits: bool = False
-) -> _Option:
+def _int_option(name: str, low: int, high: int, help: str, *, in_limits: bool = False) -> _Option:
     """Return an integer option accepting values in ``[low, high]``."""
     return _Option(name, lambda raw: _check_int(raw, low, high), help, in_limits, integer=True)
 
@@ -315,6 +314,12 @@ _OPTIONS: Final = (
     _Option("cluster", _check_bool, "one process of a cluster on PostgreSQL", boolean=True),
     _int_option("workers", 1, 64, "processes serving this log (cluster mode when above 1)"),
     _Option("replica_url", _check_database, "postgresql:// URL of a replica serving reads"),
+    _Option(
+        "local_link",
+        _check_bool,
+        "cluster: hand submissions to a sequencer on this host over a local socket",
+        boolean=True,
+    ),
     _Option("frozen", _check_bool, "refuse submissions, keep serving reads", boolean=True),
     _Option("successor", _check_log_name, "the log (a [logs.<name>]) that takes over when frozen"),
     _int_option("max_body_bytes", 1, _UNBOUNDED, "largest event body", in_limits=True),
@@ -439,6 +444,7 @@ class Settings:
     cluster: bool = False
     workers: int = 1
     replica_url: str | None = field(default=None, repr=False)
+    local_link: bool = True
     frozen: bool = False
     successor: str | None = None
     logs: tuple[LogConfig, ...] = ()
@@ -759,9 +765,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         values.update(_split_listen(listen))
     values.update(_from_args(args))
     limit_values = {
-        key: values.pop(key)
-        for key in list(values)
-        if key in _BY_NAME and _BY_NAME[key].in_limits
+        key: values.pop(key) for key in list(values) if key in _BY_NAME and _BY_NAME[key].in_limits
     }
     try:
         limits = Limits(**limit_values)  # type: ignore[arg-type]

@@ -43,7 +43,12 @@ pytestmark = pytest.mark.anyio
 async def front_ends(
     dsn: str, signer: Ed25519Signer, count: int, **options: Any
 ) -> AsyncIterator[list[tuple[ClusterLog, httpx.AsyncClient]]]:
-    """Start ``count`` cluster front ends of one log on ``dsn``; yield each with a client."""
+    """Start ``count`` cluster front ends of one log on ``dsn``; yield each with a client.
+
+    The front ends use PostgreSQL's queue unless ``local_link=True`` is given (the local link
+    has tests of its own in ``tests/test_cluster_link.py``).
+    """
+    options.setdefault("local_link", False)
     async with contextlib.AsyncExitStack() as stack:
         out = []
         for _ in range(count):
@@ -73,6 +78,18 @@ async def wait_for(predicate: Any, within: float = 10.0) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+async def submit_and_check(
+    client: httpx.AsyncClient, events: list[dict[str, object]], signer: Ed25519Signer
+) -> list[int]:
+    """POST ``events`` at once; check each is new (201) and its result verifies; return indexes."""
+    verifier = Ed25519Verifier.from_vkey(signer.vkey)
+    answers = await asyncio.gather(*(client.post("/v1/events", json=e) for e in events))
+    for sent, answer in zip(events, answers, strict=True):
+        assert answer.status_code == 201, answer.text
+        check_submit_result(answer.json(), entry_bytes(sent), verifier, vkey=signer.vkey)
+    return [a.json()["index"] for a in answers]
 
 
 def origin() -> str:

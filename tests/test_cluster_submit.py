@@ -31,7 +31,7 @@ from server.storage import SQLiteStorage
 from server.storage.base import Batch, LogState
 from server.workers import REUSE_PORT, bind_socket
 from tests.server_helpers import check_submit_result, entry_bytes, make_signer, pg_schema
-from tests.test_cluster import front_ends, origin, wait_for
+from tests.test_cluster import front_ends, origin, submit_and_check, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -86,17 +86,10 @@ async def test_local_submissions_skip_the_queue_and_others_read_answers_from_not
             await wait_for(lambda: other.tree_size >= size, within=0.9)
 
             events: list[dict[str, object]] = [{"via": "front end", "n": n} for n in range(5)]
-            answers = await asyncio.gather(
-                *(other_client.post("/v1/events", json=e) for e in events)
-            )
-            for sent, answer in zip(events, answers, strict=True):
-                assert answer.status_code == 201, answer.text
-                check_submit_result(answer.json(), entry_bytes(sent), verifier, vkey=signer.vkey)
+            indexes = await submit_and_check(other_client, events, signer)
             # Answered through the notification: the rows are still there, answered, unclaimed.
             rows = await conn.fetch("SELECT leaf_index FROM etch_pending")
-            assert sorted(r["leaf_index"] for r in rows) == sorted(
-                a.json()["index"] for a in answers
-            )
+            assert sorted(r["leaf_index"] for r in rows) == sorted(indexes)
         finally:
             await conn.close()
 
