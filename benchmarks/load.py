@@ -74,6 +74,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import cbor2
+
 from benchmarks.http11 import HttpClient, HttpError, open_client
 from client.cbor import encode_deterministic
 from merkle.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint
@@ -536,6 +538,7 @@ class _Worker:
         self.kind_weights = [weights.get(k, 1) for k in config.kinds]
         self.pad = "".join(self.random.choice(_PAD_ALPHABET) for _ in range(config.event_bytes))
         self.counter = 0
+        check_entry_encoding(self._event(0))
 
     # -- request bodies ----------------------------------------------------------------
 
@@ -579,7 +582,7 @@ class _Worker:
         checker = self.checker
         if checker is not None:
             self._verified(
-                tally, lambda: checker.check_receipt(encode_deterministic(event), answer)
+                tally, lambda: checker.check_receipt(entry_of(event), answer)
             )
         return _Outcome()
 
@@ -697,11 +700,28 @@ class _Worker:
             await client.aclose()
 
 
+def entry_of(event: Mapping[str, Any]) -> bytes:
+    """Return the leaf bytes the log stores for one of this tool's events (deterministic CBOR).
+
+    ``cbor2``'s canonical form (keys ordered length-first, then bytewise) equals RFC 8949
+    §4.2.1's (bytewise order of the encoded keys) for maps whose keys are all text strings,
+    as these events' are; it is C code, so the client's own cost stays far below the
+    server's. :func:`check_entry_encoding` checks the equality on a sample at start.
+    """
+    return cbor2.dumps(event, canonical=True)
+
+
+def check_entry_encoding(event: Mapping[str, Any]) -> None:
+    """Raise RuntimeError unless :func:`entry_of` agrees with ``client.cbor`` on ``event``."""
+    if entry_of(event) != encode_deterministic(event):
+        raise RuntimeError("cbor2's canonical encoding differs from RFC 8949 deterministic CBOR")
+
+
 def _check_batch_result(checker: ReceiptChecker, event: dict[str, Any], result: object) -> int:
     """Verify one result of a batch answer (see :meth:`ReceiptChecker.check_receipt`)."""
     if not isinstance(result, dict):
         raise VerificationError("a batch result is not an object")
-    return checker.check_receipt(encode_deterministic(event), result)
+    return checker.check_receipt(entry_of(event), result)
 
 
 def _run_process(
