@@ -483,6 +483,7 @@ class Bench:
             f"  p50 {m.p50_ms:>6.1f}  p99 {m.p99_ms:>7.1f}  max {m.max_ms:>7.1f} ms"
             f"  cpu {m.server_cpu_ms_per_request:.3f} ms/req"
             + (f" db {m.db_cpu_ms_per_request:.3f}" if m.db_cpu_ms_per_request is not None else "")
+            + f" client {m.client_cpu_share:.2f} cores"
             + f"  verified {m.verified} bad {m.verification_failures}"
             f"  load {m.load1:.1f} psi {m.cpu_pressure:.0f}%{failed}",
             flush=True,
@@ -584,6 +585,16 @@ def _summary(runs: Sequence[tuple[Measurement, Measurement]]) -> dict[str, Any]:
         "baseline_cpu_ms": _median([b.server_cpu_ms_per_request for b in bases]),
         "etch_cpu_ms": _median([m.server_cpu_ms_per_request for m in mine]),
         "etch_db_cpu_ms": _median([m.db_cpu_ms_per_request or 0.0 for m in mine]),
+        "client_cpu_share": _median([m.client_cpu_share for m in mine]),
+        "cores_used": _median(
+            [
+                m.requests_per_s
+                * (m.server_cpu_ms_per_request + (m.db_cpu_ms_per_request or 0.0))
+                / 1000
+                + m.client_cpu_share
+                for m in mine
+            ]
+        ),
         "verified": sum(m.verified for m in mine),
         "verification_failures": sum(m.verification_failures for m in mine),
         "load1": [round(x.load1, 2) for pair in runs for x in pair],
@@ -752,7 +763,11 @@ def phase_cluster(bench: Bench, backend: Backend, baseline: Served) -> None:
         print(f"cluster, processes {bench.args.processes}, batch period {period} ms", flush=True)
         for _ in range(bench.args.repeats):
             base = bench.load(
-                "cluster baseline post", baseline, "post", duration=bench.args.duration
+                "cluster baseline post",
+                baseline,
+                "post",
+                duration=bench.args.duration,
+                concurrency=bench.args.cluster_clients,
             )
             for count in bench.args.processes:
                 for tree_name in trees:
@@ -762,13 +777,18 @@ def phase_cluster(bench: Bench, backend: Backend, baseline: Served) -> None:
                         served,
                         "submit",
                         duration=bench.args.duration,
+                        concurrency=bench.args.cluster_clients,
                         verify=True,
                     )
                     runs[tree_name, count].append((base, mine))
     finally:
         for served in servers.values():
             served.stop()
-    section: dict[str, Any] = {"period_ms": period, "trees": {k: str(v) for k, v in trees.items()}}
+    section: dict[str, Any] = {
+        "period_ms": period,
+        "clients": bench.args.cluster_clients,
+        "trees": {k: str(v) for k, v in trees.items()},
+    }
     for tree_name in trees:
         first = runs[tree_name, bench.args.processes[0]]
         curve: dict[str, Any] = {}
@@ -1130,8 +1150,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         out += [
             "| source | processes | submissions/s (every receipt verified) | x one process (runs)"
             " | baseline POST req/s | CPU ms/req all processes (+db) | p50 / p99 / max ms"
-            " | load average |",
-            "|---|---|---|---|---|---|---|---|",
+            " | client cores | cores in use (of the machine's) | load average |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for tree_name in cluster["trees"]:
             for count, x in cluster[tree_name].items():
@@ -1141,6 +1161,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f" | {_fmt(x['baseline_rps'])}"
                     f" | {x['etch_cpu_ms']:.3f} (+{x['etch_db_cpu_ms']:.3f})"
                     f" | {x['etch_p50_ms']:.0f} / {x['etch_p99_ms']:.0f} / {x['etch_max_ms']:.0f}"
+                    f" | {x.get('client_cpu_share', 0.0):.2f} | {x.get('cores_used', 0.0):.2f}"
                     f" | {min(x['load1']):.1f}-{max(x['load1']):.1f} |"
                 )
         out.append("")
@@ -1235,6 +1256,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wrk", action="store_true", help="also measure reads with wrk")
     parser.add_argument(
         "--processes", type=_csv_ints, default=[1, 2, 4], help="cluster phase: process counts"
+    )
+    parser.add_argument(
+        "--cluster-clients",
+        type=int,
+        default=64,
+        help="cluster phase: concurrent clients (enough to keep every process busy)",
     )
     parser.add_argument(
         "--compare-tree",
