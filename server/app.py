@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from merkle.checkpoint import parse_decimal
 from merkle.errors import MalformedError
@@ -398,6 +399,44 @@ READ_AHEAD = 8
 
 FULL_TILE_BYTES = TILE_WIDTH * HASH_SIZE
 
+_TILE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"cache-control", CACHE_IMMUTABLE.encode("ascii")),
+    (b"content-type", b"application/octet-stream"),
+]
+_BUNDLE_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"cache-control", CACHE_IMMUTABLE.encode("ascii")),
+    (b"vary", b"Accept-Encoding"),
+    (b"content-type", b"application/octet-stream"),
+]
+
+
+class _CachedTiles:
+    """ASGI middleware: ``GET`` of a full tile or entry bundle in the cache, answered before
+    routing (the bulk of an audit's or a mirror's requests, and of tile readers').
+
+    The same status, headers and body as the route's answer; everything else goes on to the app.
+    """
+
+    def __init__(self, app: ASGIApp, handlers: _Handlers) -> None:
+        self.app = app
+        self.handlers = handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer from the cache, or pass the request on."""
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and scope["path"].startswith("/tile/")
+            and not scope.get("root_path")
+        ):
+            answer = self.handlers.cached_tile_answer(scope["path"], scope["headers"])
+            if answer is not None:
+                body, headers = answer
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
 
 class ImmutableCache:
     """A least-recently-used map of immutable encoded resources, bounded in total bytes.
@@ -498,6 +537,39 @@ class _Handlers:
         return Response(
             data, media_type="application/octet-stream", headers={"Cache-Control": cache}
         )
+
+    def cached_tile_answer(
+        self, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """Return the body and headers of ``GET <path>`` for a full tile or entry bundle already
+        in the cache, exactly as :meth:`tile` answers it; ``None`` for anything else (the route
+        answers that: partial tiles, misses, errors, entry bundles behind a read guard or asked
+        for gzip).
+        """
+        try:
+            tile = parse_tile_path(path[1:])
+        except MalformedError:
+            return None
+        if tile.width != TILE_WIDTH:
+            return None
+        entries = tile.level == ENTRIES_LEVEL
+        if entries:
+            if self.read_guard is not None or any(
+                name == b"accept-encoding" and b"gzip" in value.lower() for name, value in headers
+            ):
+                return None
+            covered = self.service.tree_size // TILE_WIDTH
+        else:
+            covered = self.service.tree_size // TILE_WIDTH ** (tile.level + 1)
+        if tile.index >= covered:
+            return None
+        data = self._immutable.get((tile.level, tile.index))
+        if data is None:
+            return None
+        return data, [
+            *(_BUNDLE_HEADERS if entries else _TILE_HEADERS),
+            (b"content-length", str(len(data)).encode("ascii")),
+        ]
 
     async def _immutable_bytes(self, tile: Tile, size: int) -> bytes | None:
         """Return the encoded bytes of a full hash tile or entry bundle of the tree of ``size``.
@@ -912,6 +984,8 @@ def create_app(
         ),
         lifespan=lifespan,
     )
+    app.add_middleware(_CachedTiles, handlers=handlers)
+    app.state.cached_tile_answer = handlers.cached_tile_answer
     app.state.log = service
     app.state.limits = limits
     return app

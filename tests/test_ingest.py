@@ -526,6 +526,29 @@ async def test_entry_contents_need_a_reader(log: OAuthLog) -> None:
     problem(await log.client.get("/v1/entries/0", headers=auth), "forbidden", 403)
 
 
+async def test_full_entry_bundles_stay_guarded_once_cached(log: OAuthLog) -> None:
+    alice = await log.add_submitter("as-prod")
+    reader = await log.add_reader("auditor")
+    events = []
+    for n in range(256):
+        event = sample_event("token-issued")
+        event["jti"] = f"bundle-{n}"
+        events.append(event)
+    answers = await asyncio.gather(*(log.submit(alice, e) for e in events))
+    assert all(a.status_code == 201 for a in answers)
+    auth = {"authorization": f"Bearer {reader}", "accept-encoding": "identity"}
+    assert (await log.client.get("/tile/entries/000", headers=auth)).status_code == 200
+    plain = {"accept-encoding": "identity"}
+    for _ in range(2):  # the bundle is cached now; it is still not answered without a reader
+        problem(await log.client.get("/tile/entries/000", headers=plain), "unauthorized", 401)
+        problem(
+            await log.client.get("/tile/entries/000", headers={**alice.headers, **plain}),
+            "unauthorized",
+            401,
+        )
+    assert (await log.client.get("/tile/entries/000", headers=auth)).status_code == 200
+
+
 async def test_public_entries(sqlite_url: str) -> None:
     async with open_oauth_log(sqlite_url, OAuthSettings(public_entries=True)) as log:
         alice = await log.add_submitter("as-prod")

@@ -255,6 +255,37 @@ async def test_tile_cache_headers_and_content_types(log: InProcessLog) -> None:
     assert _max_age(checkpoint) <= 60
 
 
+async def test_cached_full_tiles_are_answered_before_routing_with_the_same_answer(
+    log: InProcessLog,
+) -> None:
+    await log.fill(600)
+    app = log.client._transport.app  # type: ignore[attr-defined]
+    answer = app.state.cached_tile_answer
+    plain = [(b"accept-encoding", b"identity")]
+    for path in ("/tile/0/001", "/tile/entries/001"):
+        assert answer(path, plain) is None  # not read yet: the route answers and caches it
+        routed = await log.client.get(path, headers={"accept-encoding": "identity"})
+        assert routed.status_code == 200
+        cached = answer(path, plain)
+        assert cached is not None
+        body, headers = cached
+        assert body == routed.content
+        assert {k.decode(): v.decode() for k, v in headers} == {
+            k: v
+            for k, v in routed.headers.items()
+            if k in {"cache-control", "content-type", "content-length", "vary"}
+        }
+        again = await log.client.get(path, headers={"accept-encoding": "identity"})
+        assert (again.status_code, again.content) == (200, routed.content)
+        assert again.headers == routed.headers
+    # Not answered early: gzip asked, partial tiles, beyond the tree, not canonical, level 1.
+    assert answer("/tile/entries/001", [(b"accept-encoding", b"gzip, br")]) is None
+    for path in ("/tile/0/002.p/88", "/tile/0/002", "/tile/0/3", "/tile/1/000", "/tile/0/001/"):
+        assert answer(path, plain) is None, path
+    gzipped = await log.client.get("/tile/entries/001", headers={"accept-encoding": "gzip"})
+    assert gzipped.headers["content-encoding"] == "gzip"
+
+
 def _max_age(response: httpx.Response) -> int:
     for part in response.headers["cache-control"].split(","):
         name, _, value = part.strip().partition("=")
