@@ -403,6 +403,7 @@ _TILE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cache-control", CACHE_IMMUTABLE.encode("ascii")),
     (b"content-type", b"application/octet-stream"),
 ]
+_JSON_HEADERS: list[tuple[bytes, bytes]] = [(b"content-type", JSON_TYPE.encode("ascii"))]
 _BUNDLE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cache-control", CACHE_IMMUTABLE.encode("ascii")),
     (b"vary", b"Accept-Encoding"),
@@ -410,9 +411,10 @@ _BUNDLE_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
-class _CachedTiles:
-    """ASGI middleware: ``GET`` of a full tile or entry bundle in the cache, answered before
-    routing (the bulk of an audit's or a mirror's requests, and of tile readers').
+class _CachedReads:
+    """ASGI middleware: the busiest reads answered from memory before routing: ``GET`` of a
+    full tile or entry bundle in the cache (the bulk of an audit's or a mirror's requests),
+    and of an inclusion proof ``?index=I&tree_size=N`` whose tiles are all in memory.
 
     The same status, headers and body as the route's answer; everything else goes on to the app.
     """
@@ -423,13 +425,13 @@ class _CachedTiles:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer from the cache, or pass the request on."""
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and scope["path"].startswith("/tile/")
-            and not scope.get("root_path")
-        ):
-            answer = self.handlers.cached_tile_answer(scope["path"], scope["headers"])
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
+            path = scope["path"]
+            answer = None
+            if path.startswith("/tile/"):
+                answer = self.handlers.cached_tile_answer(path, scope["headers"])
+            elif path == "/v1/proof/inclusion":
+                answer = self.handlers.cached_inclusion_answer(scope["query_string"])
             if answer is not None:
                 body, headers = answer
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -570,6 +572,25 @@ class _Handlers:
             *(_BUNDLE_HEADERS if entries else _TILE_HEADERS),
             (b"content-length", str(len(data)).encode("ascii")),
         ]
+
+    def cached_inclusion_answer(
+        self, query: bytes
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """Return the body and headers of ``GET /v1/proof/inclusion?<query>`` when the query is
+        the plain ``index=I&tree_size=N`` (``I < N <=`` the log's size) and every tile of the
+        proof is in memory, exactly as :meth:`inclusion` answers it; ``None`` otherwise.
+        """
+        plain = _INDEX_AND_SIZE.fullmatch(query)
+        if plain is None:
+            return None
+        index, tree_size = int(plain[1]), int(plain[2])
+        if not index < tree_size <= min(self.service.tree_size, MAX_TREE_SIZE):
+            return None
+        cached = self.service.reader.cached_leaf_and_inclusion_proof(index, tree_size)
+        if cached is None:
+            return None
+        body = inclusion_answer(index, tree_size, *cached)
+        return body, [*_JSON_HEADERS, (b"content-length", str(len(body)).encode("ascii"))]
 
     async def _immutable_bytes(self, tile: Tile, size: int) -> bytes | None:
         """Return the encoded bytes of a full hash tile or entry bundle of the tree of ``size``.
@@ -984,8 +1005,9 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    app.add_middleware(_CachedTiles, handlers=handlers)
+    app.add_middleware(_CachedReads, handlers=handlers)
     app.state.cached_tile_answer = handlers.cached_tile_answer
+    app.state.cached_inclusion_answer = handlers.cached_inclusion_answer
     app.state.log = service
     app.state.limits = limits
     return app

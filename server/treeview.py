@@ -440,6 +440,22 @@ class TreeReader:
         nodes = inclusion_nodes(index, tree_size)
         return build_inclusion_proof(index, tree_size, await self.node_hashes(nodes))
 
+    def cached_leaf_and_inclusion_proof(
+        self, index: int, tree_size: int
+    ) -> tuple[bytes, list[bytes]] | None:
+        """Return what :meth:`leaf_and_inclusion_proof` does when every tile it needs is in
+        memory (no storage read, no await), else ``None``. Requires ``0 <= index < tree_size``
+        and ``tree_size`` at most the stored tree's size (``None`` otherwise).
+        """
+        if type(index) is int and type(tree_size) is int and 0 <= index < tree_size:
+            in_memory = self._in_memory()
+            try:
+                proof = inclusion_path(index, tree_size, in_memory, self._folds)
+                return _complete_node_hash(0, index, in_memory), proof
+            except _TileNotInMemory:
+                pass
+        return None
+
     async def leaf_and_inclusion_proof(
         self, index: int, tree_size: int
     ) -> tuple[bytes, list[bytes]]:
@@ -449,13 +465,9 @@ class TreeReader:
         (every tile in memory) both come from one pass. Requirements and errors as
         :meth:`inclusion_proof`.
         """
-        if type(index) is int and type(tree_size) is int and 0 <= index < tree_size:
-            in_memory = self._in_memory()
-            try:
-                proof = inclusion_path(index, tree_size, in_memory, self._folds)
-                return _complete_node_hash(0, index, in_memory), proof
-            except _TileNotInMemory:
-                pass
+        cached = self.cached_leaf_and_inclusion_proof(index, tree_size)
+        if cached is not None:
+            return cached
         proof = await self.inclusion_proof(index, tree_size)
         (leaf,) = await self.node_hashes([Node(0, index)])
         return leaf, proof

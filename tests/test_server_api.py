@@ -286,6 +286,38 @@ async def test_cached_full_tiles_are_answered_before_routing_with_the_same_answe
     assert gzipped.headers["content-encoding"] == "gzip"
 
 
+async def test_inclusion_proofs_from_memory_are_answered_before_routing(
+    log: InProcessLog,
+) -> None:
+    await log.fill(600)
+    app = log.client._transport.app  # type: ignore[attr-defined]
+    answer = app.state.cached_inclusion_answer
+    for index, size in ((0, 1), (5, 600), (599, 600), (300, 513)):
+        query = f"index={index}&tree_size={size}"
+        routed = await log.client.get(f"/v1/proof/inclusion?{query}")
+        assert routed.status_code == 200
+        cached = answer(query.encode())
+        assert cached is not None, query
+        body, headers = cached
+        assert body == routed.content
+        assert {k.decode(): v for k, v in headers} == {
+            "content-type": routed.headers["content-type"].encode(),
+            "content-length": routed.headers["content-length"].encode(),
+        }
+        again = await log.client.get(f"/v1/proof/inclusion?{query}")
+        assert (again.status_code, again.content, again.headers) == (200, body, routed.headers)
+    for query in (
+        "index=600&tree_size=600",
+        "index=0&tree_size=601",
+        "index=00&tree_size=5",
+        "tree_size=5&index=0",
+        "index=0&tree_size=5&x=1",
+        "index=-1&tree_size=5",
+        "leaf_hash=00&tree_size=5",
+    ):
+        assert answer(query.encode()) is None, query
+
+
 def _max_age(response: httpx.Response) -> int:
     for part in response.headers["cache-control"].split(","):
         name, _, value = part.strip().partition("=")
