@@ -467,8 +467,15 @@ class LinkClient:
             self._next_id += 1
             request_id = self._next_id
             flat = [s for subs, _ in group for s in subs]
+            try:
+                frame = encode_request(request_id, flat)
+            except (ValueError, TypeError, cbor2.CBOREncodeError) as exc:  # the queue takes them
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(LinkLost(f"cannot encode ({type(exc).__name__})"))
+                continue
             self._waiting[request_id] = [(len(subs), future) for subs, future in group]
-            conn.transport.write(encode_request(request_id, flat))
+            conn.transport.write(frame)
             self.sent += len(flat)
 
     def _answered(self, request_id: int, outcome: list[Sequenced] | BaseException) -> None:

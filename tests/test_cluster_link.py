@@ -363,3 +363,20 @@ async def test_another_user_cannot_hand_entries_to_the_sequencer() -> None:
 def test_frames_are_plain_cbor() -> None:
     frame = encode_request(7, [Submission(b"e", _H, "k", (("a", "b"),), 9)])
     assert cbor2.loads(frame[4:]) == [7, [[b"e", _H, "k", [["a", "b"]], 9]]]
+
+
+async def test_a_submission_the_link_cannot_encode_goes_to_the_queue_at_once() -> None:
+    async def submit(items: list[Submission]) -> list[Sequenced]:
+        return [_sequenced(s, 0) for s in items]
+
+    server, client = await _pair(submit)
+    try:
+        good = [Submission(b"ok", leaf_hash(b"ok"))]
+        assert len(await client.submit(good)) == 1
+        bad = [Submission(b"x", leaf_hash(b"x"), lookup_keys=(("sub", "\ud800"),))]
+        with pytest.raises(LinkLost, match="cannot encode"):
+            await asyncio.wait_for(client.submit(bad), 5)
+        assert len(await client.submit(good)) == 1  # the link still works
+    finally:
+        client.close()
+        await server.stop()
