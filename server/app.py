@@ -412,9 +412,10 @@ _BUNDLE_HEADERS: list[tuple[bytes, bytes]] = [
 
 
 class _CachedReads:
-    """ASGI middleware: the busiest reads answered from memory before routing: ``GET`` of a
-    full tile or entry bundle in the cache (the bulk of an audit's or a mirror's requests),
-    and of an inclusion proof ``?index=I&tree_size=N`` whose tiles are all in memory.
+    """ASGI middleware: the busiest reads answered before routing: ``GET`` of a full tile or
+    entry bundle (from the cache of immutable tiles, which a miss fills with the tile's block;
+    the bulk of an audit's or a mirror's requests), and of an inclusion proof
+    ``?index=I&tree_size=N`` whose tiles are all in memory.
 
     The same status, headers and body as the route's answer; everything else goes on to the app.
     """
@@ -429,7 +430,7 @@ class _CachedReads:
             path = scope["path"]
             answer = None
             if path.startswith("/tile/"):
-                answer = self.handlers.cached_tile_answer(path, scope["headers"])
+                answer = await self.handlers.tile_answer(path, scope["headers"])
             elif path == "/v1/proof/inclusion":
                 answer = self.handlers.cached_inclusion_answer(scope["query_string"])
             if answer is not None:
@@ -540,13 +541,13 @@ class _Handlers:
             data, media_type="application/octet-stream", headers={"Cache-Control": cache}
         )
 
-    def cached_tile_answer(
+    def _full_tile_request(
         self, path: str, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
-        """Return the body and headers of ``GET <path>`` for a full tile or entry bundle already
-        in the cache, exactly as :meth:`tile` answers it; ``None`` for anything else (the route
-        answers that: partial tiles, misses, errors, entry bundles behind a read guard or asked
-        for gzip).
+    ) -> tuple[Tile, list[tuple[bytes, bytes]]] | None:
+        """Return the full tile (or entry bundle) ``GET <path>`` asks for and the headers of
+        its answer but the length, when the answer may skip the route; else ``None`` (the
+        route answers: partial tiles, malformed paths, tiles beyond the tree, entry bundles
+        behind a read guard or asked for gzip).
         """
         try:
             tile = parse_tile_path(path[1:])
@@ -554,24 +555,52 @@ class _Handlers:
             return None
         if tile.width != TILE_WIDTH:
             return None
-        entries = tile.level == ENTRIES_LEVEL
-        if entries:
+        if tile.level == ENTRIES_LEVEL:
             if self.read_guard is not None or any(
                 name == b"accept-encoding" and b"gzip" in value.lower() for name, value in headers
             ):
                 return None
-            covered = self.service.tree_size // TILE_WIDTH
+            covered, answer_headers = self.service.tree_size // TILE_WIDTH, _BUNDLE_HEADERS
         else:
             covered = self.service.tree_size // TILE_WIDTH ** (tile.level + 1)
-        if tile.index >= covered:
+            answer_headers = _TILE_HEADERS
+        return (tile, answer_headers) if tile.index < covered else None
+
+    def cached_tile_answer(
+        self, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """Return the body and headers of ``GET <path>`` for a full tile or entry bundle already
+        in the cache, exactly as :meth:`tile` answers it; ``None`` for anything else.
+        """
+        request = self._full_tile_request(path, headers)
+        if request is None:
             return None
+        tile, answer_headers = request
         data = self._immutable.get((tile.level, tile.index))
         if data is None:
             return None
-        return data, [
-            *(_BUNDLE_HEADERS if entries else _TILE_HEADERS),
-            (b"content-length", str(len(data)).encode("ascii")),
-        ]
+        return data, [*answer_headers, (b"content-length", str(len(data)).encode("ascii"))]
+
+    async def tile_answer(
+        self, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """Like :meth:`cached_tile_answer`, reading the tile's block into the cache on a miss
+        (or waiting for the read in flight). ``None`` when the route must answer, storage
+        failures included (the route then gives the problem answer).
+        """
+        request = self._full_tile_request(path, headers)
+        if request is None:
+            return None
+        tile, answer_headers = request
+        data = self._immutable.get((tile.level, tile.index))
+        if data is None:
+            try:
+                data = await self._immutable_bytes(tile, self.service.tree_size)
+            except StorageError:
+                return None
+            if data is None:
+                return None
+        return data, [*answer_headers, (b"content-length", str(len(data)).encode("ascii"))]
 
     def cached_inclusion_answer(
         self, query: bytes

@@ -262,9 +262,11 @@ async def test_cached_full_tiles_are_answered_before_routing_with_the_same_answe
     app = log.client._transport.app  # type: ignore[attr-defined]
     answer = app.state.cached_tile_answer
     plain = [(b"accept-encoding", b"identity")]
+    # The routes alone (no middleware), to compare the early answers with.
+    routes = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.router), base_url="http://x")
     for path in ("/tile/0/001", "/tile/entries/001"):
-        assert answer(path, plain) is None  # not read yet: the route answers and caches it
-        routed = await log.client.get(path, headers={"accept-encoding": "identity"})
+        assert answer(path, plain) is None  # not read yet
+        routed = await routes.get(path, headers={"accept-encoding": "identity"})
         assert routed.status_code == 200
         cached = answer(path, plain)
         assert cached is not None
@@ -275,15 +277,19 @@ async def test_cached_full_tiles_are_answered_before_routing_with_the_same_answe
             for k, v in routed.headers.items()
             if k in {"cache-control", "content-type", "content-length", "vary"}
         }
-        again = await log.client.get(path, headers={"accept-encoding": "identity"})
-        assert (again.status_code, again.content) == (200, routed.content)
-        assert again.headers == routed.headers
+        early = await log.client.get(path, headers={"accept-encoding": "identity"})
+        assert (early.status_code, early.content) == (200, routed.content)
+        assert early.headers == routed.headers
     # Not answered early: gzip asked, partial tiles, beyond the tree, not canonical, level 1.
     assert answer("/tile/entries/001", [(b"accept-encoding", b"gzip, br")]) is None
     for path in ("/tile/0/002.p/88", "/tile/0/002", "/tile/0/3", "/tile/1/000", "/tile/0/001/"):
         assert answer(path, plain) is None, path
     gzipped = await log.client.get("/tile/entries/001", headers={"accept-encoding": "gzip"})
     assert gzipped.headers["content-encoding"] == "gzip"
+    # A miss is read into the cache by the early path itself, with the same answer.
+    fresh = await log.client.get("/tile/entries/000", headers={"accept-encoding": "identity"})
+    assert fresh.content == (await routes.get("/tile/entries/000")).content
+    await routes.aclose()
 
 
 async def test_inclusion_proofs_from_memory_are_answered_before_routing(
