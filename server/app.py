@@ -411,6 +411,13 @@ _BUNDLE_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
+def _with_length(
+    body: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Return ``body`` with ``headers`` and its ``content-length`` (an ASGI answer's parts)."""
+    return body, [*headers, (b"content-length", str(len(body)).encode("ascii"))]
+
+
 class _CachedReads:
     """ASGI middleware: the busiest reads answered before routing: ``GET`` of a full tile or
     entry bundle (from the cache of immutable tiles, which a miss fills with the tile's block;
@@ -577,9 +584,7 @@ class _Handlers:
             return None
         tile, answer_headers = request
         data = self._immutable.get((tile.level, tile.index))
-        if data is None:
-            return None
-        return data, [*answer_headers, (b"content-length", str(len(data)).encode("ascii"))]
+        return None if data is None else _with_length(data, answer_headers)
 
     async def tile_answer(
         self, path: str, headers: list[tuple[bytes, bytes]]
@@ -591,16 +596,11 @@ class _Handlers:
         request = self._full_tile_request(path, headers)
         if request is None:
             return None
-        tile, answer_headers = request
-        data = self._immutable.get((tile.level, tile.index))
-        if data is None:
-            try:
-                data = await self._immutable_bytes(tile, self.service.tree_size)
-            except StorageError:
-                return None
-            if data is None:
-                return None
-        return data, [*answer_headers, (b"content-length", str(len(data)).encode("ascii"))]
+        try:
+            data = await self._immutable_bytes(request[0], self.service.tree_size)
+        except StorageError:
+            return None
+        return None if data is None else _with_length(data, request[1])
 
     def cached_inclusion_answer(
         self, query: bytes
@@ -618,8 +618,7 @@ class _Handlers:
         cached = self.service.reader.cached_leaf_and_inclusion_proof(index, tree_size)
         if cached is None:
             return None
-        body = inclusion_answer(index, tree_size, *cached)
-        return body, [*_JSON_HEADERS, (b"content-length", str(len(body)).encode("ascii"))]
+        return _with_length(inclusion_answer(index, tree_size, *cached), _JSON_HEADERS)
 
     async def _immutable_bytes(self, tile: Tile, size: int) -> bytes | None:
         """Return the encoded bytes of a full hash tile or entry bundle of the tree of ``size``.
