@@ -619,8 +619,12 @@ class ClusterLog(LogService):
             raise _map_db_error(exc) from exc
         await self._connect_listener()
         await self._refresh_view()
+        if self._view is not None:
+            # A log frozen earlier (its storage holds its final checkpoint) is served read-only:
+            # it refuses submissions and this process never competes to sequence it.
+            await self._restore_final(self._view.checkpoint)
         loops = [self._listen_loop(), self._resolve_loop(), self._view_loop()]
-        if self.sequence:
+        if self.sequence and self.final is None:
             loops.append(self._elect_loop())
         self._tasks = [asyncio.create_task(coro) for coro in loops]
 
@@ -939,8 +943,9 @@ class ClusterLog(LogService):
         enqueued for the sequencer, and each result carries an inclusion proof against the
         checkpoint of the commit that answered it. Raises SequencerStopped (503, retry) when no
         sequencer answers within ``wait_timeout``, StorageError when PostgreSQL cannot take the
-        entries.
+        entries, LogFrozen when the log is frozen.
         """
+        self.check_accepting()
         if not submissions:
             return []
         start = time.perf_counter()

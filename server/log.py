@@ -154,7 +154,7 @@ class LogService:
         if published is not None:
             self._set_published(published)
             self._check_future_cosignatures(published)
-        await self._restore_final()
+        await self._restore_final(note)
 
     def _check_future_cosignatures(self, note: bytes) -> None:
         """Warn when a stored cosignature is timestamped ahead of the system clock."""
@@ -293,13 +293,15 @@ class LogService:
         log.info("log %s frozen at tree size %d", self.origin, size)
         return published
 
-    async def _restore_final(self) -> None:
-        """Start frozen when storage holds a final checkpoint that matches the stored tree."""
+    async def _restore_final(self, committed: bytes) -> None:
+        """Start frozen when storage holds a final checkpoint that matches the stored tree,
+        whose (verified) checkpoint note is ``committed``.
+
+        Raises IntegrityFailure when the final checkpoint does not verify or does not match.
+        """
         note = await self.storage.get_meta(FROZEN_META_KEY)
         if note is None:
             return
-        committed = self.sequencer.checkpoint
-        assert committed is not None
         try:
             checkpoint, _, _ = open_checkpoint(note, self._verifier)
         except MerkleError as exc:

@@ -40,7 +40,9 @@ from server.cluster_link import (
     encode_request,
     link_address,
 )
+from server.log import LogService
 from server.sequencer import Sequenced, SequencerStopped, Submission
+from server.storage import PostgresStorage
 from tests.server_helpers import check_submit_result, entry_bytes, make_signer, pg_schema
 from tests.test_cluster import front_ends, origin, submit_and_check, wait_for
 
@@ -380,3 +382,30 @@ async def test_a_submission_the_link_cannot_encode_goes_to_the_queue_at_once() -
     finally:
         client.close()
         await server.stop()
+
+
+async def test_a_frozen_log_is_served_read_only_in_cluster_mode(pg_dsn: str) -> None:
+    """A log frozen by a single process keeps its final checkpoint under a cluster: it refuses
+    submissions, publishes the final checkpoint, and no process competes to sequence it."""
+    signer = make_signer(origin())
+    async with pg_schema(pg_dsn) as dsn:
+        single = LogService(PostgresStorage(dsn), signer, signer.name, batch_period=0.002)
+        await single.start()
+        try:
+            await single.submit([Submission(b"last", leaf_hash(b"last"))])
+            final = await single.freeze()
+        finally:
+            await single.stop()
+        async with front_ends(dsn, signer, 2, local_link=True) as ends:
+            await asyncio.sleep(0.5)  # several election rounds (lease 0.1 s)
+            for service, client in ends:
+                assert service.state == "frozen"
+                assert not service.is_sequencer
+                assert service.published is not None
+                assert service.published.note == final.note
+                refused = await client.post("/v1/events", json={"after": "freeze"})
+                assert refused.status_code == 409, refused.text
+                assert refused.json()["type"].endswith("log-frozen")
+                assert (await client.get("/checkpoint")).content == final.note
+                proof = await client.get("/v1/proof/inclusion", params={"index": 0})
+                assert proof.status_code == 200, proof.text
