@@ -37,7 +37,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from starlette.applications import Starlette
@@ -281,6 +281,10 @@ class HostedLog:
         }
 
 
+_SCHEMAS_LOCK: Final = 0x4554_4348_0000_0003
+"""Advisory lock held while the logs' schemas are created ("ETCH", 3)."""
+
+
 async def _ensure_schemas(settings: Settings) -> None:
     """Create the PostgreSQL schema of every log whose tables live in the service's database.
 
@@ -298,8 +302,12 @@ async def _ensure_schemas(settings: Settings) -> None:
             f"cannot reach {settings.database_for_display()} ({type(exc).__name__})"
         ) from None
     try:
-        for schema in wanted:  # names are [a-z0-9_] only (server.config.postgres_schema)
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        # Under a lock: the processes of a cluster start together, and two concurrent
+        # CREATE SCHEMA IF NOT EXISTS of one name may both try to create it.
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMAS_LOCK)
+            for schema in wanted:  # names are [a-z0-9_] only (server.config.postgres_schema)
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     except asyncpg.PostgresError as exc:
         raise StartupError(f"cannot create schema ({type(exc).__name__})") from None
     finally:

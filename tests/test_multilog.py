@@ -30,6 +30,7 @@ from merkle.hashing import leaf_hash
 from merkle.note import Ed25519Signer, Ed25519Verifier, generate_key
 from merkle.policy import parse_policy, verify_checkpoint
 from merkle.receipt import parse_receipt, verify_receipt
+from merkle.tiles import parse_entry_bundle
 from merkle.tree import verify_inclusion
 from server.config import (
     DEFAULT_LOG_NAME,
@@ -44,6 +45,7 @@ from server.multilog import HostedLog, LogHost
 from server.sequencer import IntegrityFailure, Submission
 from server.storage import open_storage
 from server.witnessing import WitnessCollector
+from tests import server_helpers
 from tests.server_helpers import LogProcess
 from tests.test_witnessing import FakeWitness
 
@@ -564,8 +566,19 @@ database_url = "{tmp_path / "tenant.db"}"
         ('[logs.a]\norigin = "x/a"\nfrozen = "yes"\n', "must be a TOML boolean"),
         ("logs = 3\n", "must be a table"),
         (
-            'cluster = true\ndatabase_url = "postgresql://h/db"\n[logs.a]\norigin = "x/a"\n',
-            "cluster mode",
+            'cluster = true\ndatabase_url = "postgresql://h/db"\n[logs.a]\norigin = "x/a"\n'
+            "frozen = true\n",
+            "a log in cluster mode cannot be frozen",
+        ),
+        (
+            'workers = 2\ndatabase_url = "postgresql://h/db"\n[logs.a]\norigin = "x/a"\n'
+            "not_after = 2027-01-01T00:00:00Z\n",
+            "a log in cluster mode cannot be frozen",
+        ),
+        (
+            'cluster = true\ndatabase_url = "postgresql://h/db"\n[logs.a]\norigin = "x/a"\n'
+            'database_url = "DATA/a.db"\n',
+            "cluster mode needs PostgreSQL",
         ),
         ('[logs.a]\norigin = "x/a"\ndata_dir = "DATA"\n', "also the data_dir of default"),
         ('successor = "a"\n', "there is no \\[logs.<name>\\] table"),
@@ -681,3 +694,62 @@ def test_submitters_are_registered_per_log(
     assert names(data / "logs" / "a" / "log.db") == {"as-a"}
     assert names(data / "log.db") == {"as-default"}
     capsys.readouterr()
+
+
+async def test_several_logs_on_worker_processes_never_mix(tmp_path: Path, pg_database: str) -> None:
+    """``--workers 2`` (cluster mode) with two logs on one PostgreSQL database: each worker
+    serves both, one process sequences each, and every answer verifies under its own log's
+    key only; each log's tree holds exactly its own entries."""
+    data = tmp_path / "data"
+    config = write_config(
+        tmp_path / "etch.toml",
+        f'origin = "{ORIGINS[DEFAULT_LOG_NAME]}"\n[logs.b]\norigin = "{ORIGINS["b"]}"\n',
+    )
+    process = LogProcess(
+        data, database_url=pg_database, extra_args=["--config", str(config), "--workers", "2"]
+    )
+    await process.start()
+    try:
+        keys = {
+            "": Ed25519Verifier.from_vkey(process.vkey()),
+            "/logs/b": Ed25519Verifier.from_vkey(
+                (data / "logs" / "b" / "log.vkey").read_text(encoding="ascii").strip()
+            ),
+        }
+        sent: dict[str, list[bytes]] = {base: [] for base in keys}
+        async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as client:
+            for _ in range(2):  # new connections: the kernel spreads them over both workers
+                answers = []
+                for base in keys:
+                    events = [
+                        {"log": base or "default", "n": len(sent[base]) + n} for n in range(6)
+                    ]
+                    sent[base] += [server_helpers.entry_bytes(e) for e in events]
+                    answers += [(base, client.post(f"{base}/v1/events", json=e)) for e in events]
+                results = await asyncio.gather(*(request for _, request in answers))
+                for (base, _), response in zip(answers, results, strict=True):
+                    assert response.status_code == 201, response.text
+                    body = response.json()
+                    checkpoint = open_checkpoint(body["checkpoint"].encode(), keys[base])[0]
+                    other = next(v for p, v in keys.items() if p != base)
+                    with pytest.raises(MerkleError):
+                        open_checkpoint(body["checkpoint"].encode(), other)
+                    verify_inclusion(
+                        base64.b64decode(body["leaf_hash"]),
+                        body["index"],
+                        checkpoint.tree_size,
+                        [base64.b64decode(h) for h in body["inclusion_proof"]],
+                        checkpoint.root_hash,
+                    )
+                await client.aclose()
+                client = httpx.AsyncClient(base_url=process.base_url, timeout=30)
+            for base, verifier in keys.items():
+                note = (await client.get(f"{base}/checkpoint")).content
+                size = open_checkpoint(note, verifier)[0].tree_size
+                assert size == len(sent[base]) == 12
+                bundle = await client.get(f"{base}/tile/entries/000.p/{size}")
+                assert bundle.status_code == 200, bundle.text
+                assert sorted(parse_entry_bundle(bundle.content)) == sorted(sent[base])
+            await client.aclose()
+    finally:
+        process.terminate()
