@@ -74,6 +74,14 @@ Reads
     Receipts of submissions are built from the primary (the entry may not have reached a
     replica yet), so their tree size may briefly be ahead of the served checkpoint.
 
+Freezing (:meth:`ClusterLog.freeze`)
+    Every process of a frozen log refuses submissions from the moment it freezes (all of them
+    do, with the same ``frozen`` or ``not_after`` setting). The sequencing process stops taking
+    submissions, lets the rounds in flight finish, and stores the newest committed checkpoint
+    (with witnesses, the cosigned one covering it) as the final checkpoint; the others serve it
+    once their view reaches its tree. A process never starts sequencing a log whose storage holds
+    a final checkpoint, and a process started later serves such a log read-only.
+
 ``etch_pending`` is an ``UNLOGGED`` table: its rows are not written to the WAL (no fsync per
 enqueue, and not replicated). A PostgreSQL crash may empty it, which loses nothing acknowledged:
 a receipt is only ever given for an entry of the log's own, durable tables; submitters whose
@@ -105,7 +113,7 @@ from merkle.note import Ed25519Signer
 from merkle.tree import Node, build_inclusion_proof, inclusion_nodes
 from server.cluster_link import LinkClient, LinkLost, LinkServer, Moved, link_address
 from server.config import Settings
-from server.log import LogService
+from server.log import FROZEN_META_KEY, LogService, Published
 from server.replica import ReplicaRoutedStorage, ReplicaStorage
 from server.sequencer import (
     IntegrityFailure,
@@ -390,6 +398,38 @@ class _Leadership:
         self.started = time.monotonic()
         self.sequencer.subscribe(self._on_commit)
         self.link: LinkServer | None = None
+        self.closing = False
+        """Set when the log freezes: no new submission reaches the sequencer from then on."""
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    async def submit(self, submissions: Sequence[Submission]) -> list[Sequenced]:
+        """Sequence submissions (this process's own, the link's, the queue's), counted so that
+        a freeze can wait for them. Raises SequencerStopped, also once the log is closing."""
+        if self.closing:
+            raise SequencerStopped("the log is frozen", retry_after=1)
+        self._in_flight += 1
+        self._drained.clear()
+        try:
+            return await self.sequencer.submit(submissions)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
+
+    async def close(self) -> tuple[bytes, int]:
+        """Take no more submissions, wait for those in flight, and return the newest committed
+        checkpoint note and its size (the final tree of a freeze). Raises SequencerStopped
+        when the sequencer has stopped."""
+        self.closing = True
+        while self._in_flight:
+            await self._drained.wait()
+        if self.failure is not None:
+            raise SequencerStopped(f"the sequencer stopped: {self.failure}", retry_after=1)
+        note = self.sequencer.checkpoint
+        assert note is not None, "a started sequencer has a checkpoint"
+        return note, self.sequencer.tree_size
 
     def _on_commit(self, note: bytes) -> None:
         """After each commit: tell the owner, and announce it unless a pending run will."""
@@ -417,7 +457,7 @@ class _Leadership:
         if self.owner._leadership is not self or self.failure is not None:
             raise Moved("this process no longer sequences")
         try:
-            return await self.sequencer.submit(submissions)
+            return await self.submit(submissions)
         except SequencerStopped:
             if self.owner._leadership is not self or self.failure is not None:
                 raise Moved("this process stopped sequencing") from None
@@ -446,6 +486,9 @@ class _Leadership:
         last_sweep = 0.0
         while True:
             owner.pending_event.clear()
+            if self.closing:  # frozen: queued rows stay; their submitters time out and retry
+                await asyncio.sleep(1.0)
+                continue
             try:
                 rows = await owner.pool.fetch(_FETCH_TODO, list(self._inflight), owner.batch_size)
                 if time.monotonic() - last_sweep > 10.0:
@@ -482,7 +525,7 @@ class _Leadership:
                 )
                 for r in rows
             ]
-            results = await self.sequencer.submit(submissions)
+            results = await self.submit(submissions)
             newest = max(results, key=lambda r: r.tree_size)
             payload = _commit_payload(
                 LogState(newest.checkpoint, newest.tree_size, b""),
@@ -867,7 +910,7 @@ class ClusterLog(LogService):
     # -- election ------------------------------------------------------------------------------
 
     async def _elect_loop(self) -> None:
-        while True:
+        while self._final is None:  # a frozen log is never sequenced again
             try:
                 if self._leadership is None:
                     await self._try_lead()
@@ -890,6 +933,10 @@ class ClusterLog(LogService):
             conn.add_termination_listener(self._on_lock_lost)
             self._lock_conn = conn
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.names.lock_key):
+            return
+        if self.final is not None or await self.primary.get_meta(FROZEN_META_KEY) is not None:
+            # Frozen (by this cluster or before it): nothing is ever sequenced again.
+            await conn.fetchval("SELECT pg_advisory_unlock($1)", self.names.lock_key)
             return
         leadership = _Leadership(self)
         try:
@@ -933,6 +980,102 @@ class ClusterLog(LogService):
         log.warning("this process stops sequencing: %s", reason)
         await leadership.stop()
 
+    # -- freezing ------------------------------------------------------------------------------
+
+    async def freeze(self) -> Published:
+        """Freeze the log across the cluster and return its final checkpoint.
+
+        Every process refuses submissions from the first moment. The one that sequences closes
+        its sequencer (nothing new reaches it; the rounds in flight finish), takes the newest
+        committed checkpoint (with witnesses: the cosigned one once it covers that tree), and
+        stores it as the final checkpoint; from then on no process ever sequences the log
+        again. Every other process waits for the stored final checkpoint and adopts it once its
+        view covers that tree. When the sequencing process dies first, its successor never
+        starts sequencing (the stored final checkpoint stops it) or, if the freeze was not
+        stored yet, freezes in its turn. Raises StorageError (freezing may be retried).
+        """
+        self._accepting = False
+        while self._final is None:
+            try:
+                note = await self.primary.get_meta(FROZEN_META_KEY)
+            except _DB_ERRORS as exc:
+                raise _map_db_error(exc) from exc
+            if note is not None:
+                if await self._adopt_final(note):
+                    break
+            else:
+                leadership = self._leadership
+                if leadership is not None and leadership.failure is None:
+                    try:
+                        final = await self._close_for_good(leadership)
+                    except SequencerStopped:
+                        pass  # the sequencer stopped: its successor (or this loop) goes on
+                    else:
+                        await self.primary.put_meta(FROZEN_META_KEY, final)
+                        log.info("log %s frozen by this process", self.origin)
+                        continue
+            await asyncio.sleep(0.2)
+        assert self._final is not None
+        await self._step_down("the log is frozen")
+        await self._release_waiting()
+        return self._final
+
+    async def _release_waiting(self, grace: float = 2.0) -> None:
+        """Answer the submitters still waiting on the queue once the log is frozen.
+
+        Rows the sequencer committed before the freeze are answered by the resolver within
+        ``grace`` seconds (it claims them at least every second); whatever is still waiting
+        then was never sequenced, and nothing will sequence it now: 503 (a retry gets 409).
+        """
+        if self._waiting:
+            await asyncio.sleep(grace)
+        for future in list(self._waiting.values()):
+            if not future.done():
+                future.set_exception(
+                    SequencerStopped("the log froze before this entry was sequenced")
+                )
+
+    async def _close_for_good(self, leadership: _Leadership) -> bytes:
+        """Close the sequencer and return the final checkpoint note to store.
+
+        Raises SequencerStopped when the sequencer stopped meanwhile.
+        """
+        note, size = await leadership.close()
+        if not self.witnessed:
+            return note
+        while True:  # the published checkpoint is the stored cosigned one (its quorum's)
+            published = self._published
+            if published is not None and published.checkpoint.tree_size >= size:
+                return published.note
+            if leadership.failure is not None:
+                raise SequencerStopped("the sequencer stopped", retry_after=1)
+            with contextlib.suppress(StorageError, *_DB_ERRORS):
+                await self._refresh_view()
+            await asyncio.sleep(0.2)
+
+    async def _adopt_final(self, note: bytes) -> bool:
+        """Serve the stored final checkpoint ``note`` once this process's view covers its tree;
+        return whether it is served now.
+
+        Raises IntegrityFailure when it does not match the stored tree.
+        """
+        try:
+            await self._refresh_view()
+        except (StorageError, *_DB_ERRORS) as exc:
+            log.debug("cannot refresh the served checkpoint: %s", type(exc).__name__)
+            return False
+        view = self._view
+        if view is None:
+            return False
+        try:
+            final, _, _ = open_checkpoint(note, self._verifier)
+        except MerkleError as exc:
+            raise IntegrityFailure(f"the stored final checkpoint does not verify: {exc}") from None
+        if view.tree_size < final.tree_size:
+            return False
+        await self._restore_final(view.checkpoint)
+        return self._final is not None
+
     # -- submissions ---------------------------------------------------------------------------
 
     async def submit(self, submissions: Sequence[Submission]) -> list[Sequenced]:
@@ -952,7 +1095,7 @@ class ClusterLog(LogService):
         leadership = self._leadership
         if leadership is not None and leadership.failure is None:
             try:
-                results = await leadership.sequencer.submit(submissions)
+                results = await leadership.submit(submissions)
             except SequencerStopped:
                 if self._leadership is leadership:
                     raise

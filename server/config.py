@@ -85,9 +85,9 @@ The ``[limits]`` table takes the fields of :class:`server.codec.Limits` (``max_b
   never changes afterwards. ``not_after`` (a TOML date-time with an offset, e.g.
   ``2026-07-01T00:00:00Z``) freezes the log at that instant without a restart. Freezing is
   recorded in the log's storage: a frozen log stays frozen when the flag is later removed.
-  In cluster mode several logs are served (each log needs PostgreSQL), but a log is not
-  frozen there (``frozen`` and ``not_after`` are refused): freeze it with one process, after
-  which a cluster serves it read-only, with its final checkpoint.
+  In cluster mode every process serves every log (each log needs PostgreSQL), and freezing
+  spans the cluster: the sequencing process stores the final checkpoint, the others adopt it
+  (:meth:`server.cluster.ClusterLog.freeze`).
 
 Parsing is strict: unknown TOML keys, wrong TOML types, integers written as ``"+5"``, ``" 5"``,
 ``"05"``, ``"5_000"`` or with non-ASCII digits, out-of-range numbers and empty values are each a
@@ -467,8 +467,6 @@ class Settings:
                 raise ConfigError(f"Settings.{item.name}: {error}") from None
             if checked != value:
                 raise ConfigError(f"Settings.{item.name}: must be given in canonical form")
-        if self.frozen and self.clustered:
-            raise ConfigError("frozen: a log in cluster mode cannot be frozen")
         self._check_logs()
 
     def _check_logs(self) -> None:
@@ -494,16 +492,8 @@ class Settings:
             if place in places:
                 raise ConfigError(f"logs.{log.name}.data_dir: also the data_dir of {places[place]}")
             places[place] = log.name
-            if self.clustered:
-                if log.frozen or log.not_after is not None:
-                    raise ConfigError(
-                        f"logs.{log.name}: a log in cluster mode cannot be frozen"
-                        " (freeze it with one process; a cluster then serves it read-only)"
-                    )
-                if not self.log_settings(log.name).is_postgres:
-                    raise ConfigError(
-                        f"logs.{log.name}.database_url: cluster mode needs PostgreSQL"
-                    )
+            if self.clustered and not self.log_settings(log.name).is_postgres:
+                raise ConfigError(f"logs.{log.name}.database_url: cluster mode needs PostgreSQL")
         for name, successor in [(DEFAULT_LOG_NAME, self.successor)] + [
             (log.name, log.successor) for log in self.logs
         ]:

@@ -21,10 +21,12 @@ from typing import Any
 
 import asyncpg
 import cbor2
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from merkle.checkpoint import open_checkpoint
 from merkle.hashing import leaf_hash
 from merkle.note import Ed25519Verifier
 from server.cluster_link import (
@@ -40,7 +42,7 @@ from server.cluster_link import (
     encode_request,
     link_address,
 )
-from server.log import LogService
+from server.log import FROZEN_META_KEY, LogService
 from server.sequencer import Sequenced, SequencerStopped, Submission
 from server.storage import PostgresStorage
 from tests.server_helpers import check_submit_result, entry_bytes, make_signer, pg_schema
@@ -409,3 +411,66 @@ async def test_a_frozen_log_is_served_read_only_in_cluster_mode(pg_dsn: str) -> 
                 assert (await client.get("/checkpoint")).content == final.note
                 proof = await client.get("/v1/proof/inclusion", params={"index": 0})
                 assert proof.status_code == 200, proof.text
+
+
+async def test_freezing_a_cluster_under_load_gives_one_final_checkpoint(pg_dsn: str) -> None:
+    """Every process freezes (as they do with ``frozen = true`` or at ``not_after``) while
+    clients keep submitting to both: one final checkpoint, stored once, served by all; every
+    entry acknowledged is in it; nothing is committed after it; no process sequences again."""
+    signer = make_signer(origin())
+    verifier = Ed25519Verifier.from_vkey(signer.vkey)
+    async with pg_schema(pg_dsn) as dsn, front_ends(dsn, signer, 2, local_link=True) as ends:
+        await wait_for(lambda: sum(s.is_sequencer for s, _ in ends) == 1)
+        acknowledged: list[int] = []
+        statuses: list[int] = []
+        stop = asyncio.Event()
+
+        async def keep_submitting(client: httpx.AsyncClient, tag: str) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                response = await client.post("/v1/events", json={"tag": tag, "n": n})
+                statuses.append(response.status_code)
+                if response.status_code == 201:
+                    acknowledged.append(response.json()["index"])
+                else:  # a refusal in process may never suspend: let the rest of the test run
+                    await asyncio.sleep(0.02)
+
+        load = [
+            asyncio.ensure_future(keep_submitting(client, f"{k}-{w}"))
+            for k, (_, client) in enumerate(ends)
+            for w in range(4)
+        ]
+        await asyncio.sleep(0.5)
+        finals = await asyncio.wait_for(asyncio.gather(*(s.freeze() for s, _ in ends)), 30)
+        await asyncio.sleep(0.5)  # submissions go on being refused
+        stop.set()
+        await asyncio.gather(*load)
+
+        notes = {final.note for final in finals}
+        assert len(notes) == 1
+        (note,) = notes
+        final = open_checkpoint(note, verifier)[0]
+        assert acknowledged, statuses
+        assert max(acknowledged) < final.tree_size
+        assert set(statuses) <= {201, 409, 503}
+        assert statuses[-1] == 409
+        for service, client in ends:
+            assert service.state == "frozen"
+            assert not service.is_sequencer
+            assert (await client.get("/checkpoint")).content == note
+        storage = PostgresStorage(dsn)
+        await storage.open()
+        try:
+            stored = await storage.get_meta(FROZEN_META_KEY)
+            state = await storage.load_state()
+        finally:
+            await storage.close()
+        assert stored == note
+        assert state is not None
+        assert state.tree_size == final.tree_size  # nothing committed after the final one
+        # A process started afterwards serves the frozen log read-only at once.
+        async with front_ends(dsn, signer, 1, local_link=True) as (late,):
+            assert late[0].state == "frozen"
+            assert late[0].published is not None
+            assert late[0].published.note == note

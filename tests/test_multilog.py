@@ -567,22 +567,11 @@ database_url = "{tmp_path / "tenant.db"}"
         ("logs = 3\n", "must be a table"),
         (
             'cluster = true\ndatabase_url = "postgresql://h/db"\n[logs.a]\norigin = "x/a"\n'
-            "frozen = true\n",
-            "a log in cluster mode cannot be frozen",
-        ),
-        (
-            'workers = 2\ndatabase_url = "postgresql://h/db"\n[logs.a]\norigin = "x/a"\n'
-            "not_after = 2027-01-01T00:00:00Z\n",
-            "a log in cluster mode cannot be frozen",
-        ),
-        (
-            'cluster = true\ndatabase_url = "postgresql://h/db"\n[logs.a]\norigin = "x/a"\n'
             'database_url = "DATA/a.db"\n',
             "cluster mode needs PostgreSQL",
         ),
         ('[logs.a]\norigin = "x/a"\ndata_dir = "DATA"\n', "also the data_dir of default"),
         ('successor = "a"\n', "there is no \\[logs.<name>\\] table"),
-        ('frozen = true\nworkers = 2\ndatabase_url = "postgresql://h/db"\n', "cluster mode"),
     ],
 )
 def test_config_refuses_bad_logs_tables(tmp_path: Path, body: str, message: str) -> None:
