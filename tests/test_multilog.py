@@ -742,3 +742,43 @@ async def test_several_logs_on_worker_processes_never_mix(tmp_path: Path, pg_dat
             await client.aclose()
     finally:
         process.terminate()
+
+
+async def test_frozen_in_the_configuration_freezes_a_log_of_worker_processes(
+    tmp_path: Path, pg_database: str
+) -> None:
+    """Restarted with ``frozen = true`` on log ``b``, two worker processes freeze it together:
+    ``b`` refuses (409) and serves one final checkpoint from every worker; the default log
+    goes on taking entries."""
+    data = tmp_path / "data"
+    head = f'origin = "{ORIGINS[DEFAULT_LOG_NAME]}"\n[logs.b]\norigin = "{ORIGINS["b"]}"\n'
+    config = write_config(tmp_path / "etch.toml", head)
+    process = LogProcess(
+        data, database_url=pg_database, extra_args=["--config", str(config), "--workers", "2"]
+    )
+    await process.start()
+    try:
+        async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as client:
+            for n in range(5):
+                response = await client.post("/logs/b/v1/events", json={"n": n})
+                assert response.status_code == 201, response.text
+    finally:
+        process.terminate()
+    write_config(tmp_path / "etch.toml", head + "frozen = true\n")
+    await process.start()
+    try:
+        verifier = Ed25519Verifier.from_vkey(
+            (data / "logs" / "b" / "log.vkey").read_text(encoding="ascii").strip()
+        )
+        notes = set()
+        for n in range(6):  # new connections: the kernel spreads them over both workers
+            async with httpx.AsyncClient(base_url=process.base_url, timeout=30) as client:
+                refused = await client.post("/logs/b/v1/events", json={"after": "freeze"})
+                assert refused.status_code == 409, refused.text
+                notes.add((await client.get("/logs/b/checkpoint")).content)
+                accepted = await client.post("/v1/events", json={"still": "open", "n": n})
+                assert accepted.status_code == 201, accepted.text
+        (note,) = notes
+        assert open_checkpoint(note, verifier)[0].tree_size == 5
+    finally:
+        process.terminate()
