@@ -934,9 +934,13 @@ class ClusterLog(LogService):
             self._lock_conn = conn
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.names.lock_key):
             return
-        if self.final is not None or await self.primary.get_meta(FROZEN_META_KEY) is not None:
-            # Frozen (by this cluster or before it): nothing is ever sequenced again.
+        final = None if self.final is not None else await self.primary.get_meta(FROZEN_META_KEY)
+        if self.final is not None or final is not None:
+            # Frozen (by this cluster or before it): nothing is ever sequenced again, and a
+            # process that has not frozen itself (its settings do not say so) serves it frozen.
             await conn.fetchval("SELECT pg_advisory_unlock($1)", self.names.lock_key)
+            if final is not None:
+                await self._adopt_final(final)
             return
         leadership = _Leadership(self)
         try:

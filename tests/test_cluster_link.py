@@ -474,3 +474,20 @@ async def test_freezing_a_cluster_under_load_gives_one_final_checkpoint(pg_dsn: 
             assert late[0].state == "frozen"
             assert late[0].published is not None
             assert late[0].published.note == note
+
+
+async def test_a_process_not_told_to_freeze_follows_the_frozen_log(pg_dsn: str) -> None:
+    signer = make_signer(origin())
+    async with pg_schema(pg_dsn) as dsn, front_ends(dsn, signer, 2, local_link=True) as ends:
+        await wait_for(lambda: sum(s.is_sequencer for s, _ in ends) == 1)
+        (leader, _), (other, client) = sorted(ends, key=lambda end: not end[0].is_sequencer)
+        assert (await client.post("/v1/events", json={"before": "freeze"})).status_code == 201
+        final = await asyncio.wait_for(leader.freeze(), 20)
+        # The other process's settings never said to freeze: it finds the final checkpoint
+        # when it competes for the sequencer lock, and serves the log frozen from then on.
+        await wait_for(lambda: other.state == "frozen", within=10)
+        assert other.published is not None
+        assert other.published.note == final.note
+        assert not other.is_sequencer
+        refused = await client.post("/v1/events", json={"after": "freeze"})
+        assert refused.status_code == 409, refused.text
