@@ -354,6 +354,13 @@ def decode_answers(text: str) -> list[tuple[int, int, bool]]:
     return out
 
 
+def _no_answer_in_time() -> SequencerStopped:
+    """Return the refusal for a submission no sequencer answered within ``wait_timeout``."""
+    return SequencerStopped(
+        "no sequencer answered in time; resubmit to get the entry's index", retry_after=1
+    )
+
+
 def _map_db_error(exc: BaseException) -> StorageError:
     """Return the storage error a submitter sees for a failure of the pending queue."""
     return StorageUnavailable(f"PostgreSQL unavailable ({type(exc).__name__})")
@@ -1126,10 +1133,7 @@ class ClusterLog(LogService):
         except LinkLost:
             return await self._submit_queued(submissions)
         except TimeoutError:
-            raise SequencerStopped(
-                "no sequencer answered in time; resubmit to get the entry's index",
-                retry_after=1,
-            ) from None
+            raise _no_answer_in_time() from None
 
     async def _submit_queued(self, submissions: Sequence[Submission]) -> list[Sequenced]:
         """Enqueue submissions for the elected sequencer and wait for their answers."""
@@ -1145,10 +1149,7 @@ class ClusterLog(LogService):
                 rows = await ids_future
                 results = list(await asyncio.gather(*(future for _, future in rows)))
         except TimeoutError:
-            raise SequencerStopped(
-                "no sequencer answered in time; resubmit to get the entry's index",
-                retry_after=1,
-            ) from None
+            raise _no_answer_in_time() from None
         finally:
             if ids_future.done() and not ids_future.cancelled() and not ids_future.exception():
                 for pending_id, _ in ids_future.result():

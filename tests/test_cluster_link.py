@@ -491,3 +491,23 @@ async def test_a_process_not_told_to_freeze_follows_the_frozen_log(pg_dsn: str) 
         assert not other.is_sequencer
         refused = await client.post("/v1/events", json={"after": "freeze"})
         assert refused.status_code == 409, refused.text
+
+
+async def test_a_submission_left_in_the_queue_by_a_freeze_is_answered_at_once(
+    pg_dsn: str,
+) -> None:
+    signer = make_signer(origin())
+    async with pg_schema(pg_dsn) as dsn, front_ends(dsn, signer, 2) as ends:  # queue only
+        await wait_for(lambda: sum(s.is_sequencer for s, _ in ends) == 1)
+        (leader, _), (other, client) = sorted(ends, key=lambda end: not end[0].is_sequencer)
+        leadership = leader._leadership
+        assert leadership is not None
+        leadership.closing = True  # what a freeze does first: the feeder takes no more rows
+        started = asyncio.get_running_loop().time()
+        queued = asyncio.ensure_future(client.post("/v1/events", json={"queued": "late"}))
+        await wait_for(lambda: bool(other._waiting))
+        await asyncio.wait_for(asyncio.gather(leader.freeze(), other.freeze()), 20)
+        answer = await asyncio.wait_for(queued, 20)
+        assert answer.status_code == 503, answer.text
+        # Answered when the freeze ended, not after the 30 s a submitter may wait.
+        assert asyncio.get_running_loop().time() - started < 10

@@ -262,8 +262,7 @@ async def test_cached_full_tiles_are_answered_before_routing_with_the_same_answe
     app = log.client._transport.app  # type: ignore[attr-defined]
     answer = app.state.cached_tile_answer
     plain = [(b"accept-encoding", b"identity")]
-    # The routes alone (no middleware), to compare the early answers with.
-    routes = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.router), base_url="http://x")
+    routes = _routes_only(app)
     for path in ("/tile/0/001", "/tile/entries/001"):
         assert answer(path, plain) is None  # not read yet
         routed = await routes.get(path, headers={"accept-encoding": "identity"})
@@ -298,9 +297,10 @@ async def test_inclusion_proofs_from_memory_are_answered_before_routing(
     await log.fill(600)
     app = log.client._transport.app  # type: ignore[attr-defined]
     answer = app.state.cached_inclusion_answer
+    routes = _routes_only(app)
     for index, size in ((0, 1), (5, 600), (599, 600), (300, 513)):
         query = f"index={index}&tree_size={size}"
-        routed = await log.client.get(f"/v1/proof/inclusion?{query}")
+        routed = await routes.get(f"/v1/proof/inclusion?{query}")
         assert routed.status_code == 200
         cached = answer(query.encode())
         assert cached is not None, query
@@ -322,6 +322,12 @@ async def test_inclusion_proofs_from_memory_are_answered_before_routing(
         "leaf_hash=00&tree_size=5",
     ):
         assert answer(query.encode()) is None, query
+    await routes.aclose()
+
+
+def _routes_only(app: Any) -> httpx.AsyncClient:
+    """A client of the app's routes alone (no middleware): the answers early paths must equal."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.router), base_url="http://x")
 
 
 def _max_age(response: httpx.Response) -> int:
