@@ -1187,7 +1187,8 @@ def create_oauth_app(
         service,
         limits=limits,
         intake=layer,
-        read_guard=layer.read_guard,
+        # A public log guards nothing: its entry bundles take the early answer too.
+        read_guard=None if layer.settings.public_entries else layer.read_guard,
         openapi=layer.openapi,
         manage_service=manage_service,
     )

@@ -526,9 +526,9 @@ async def test_entry_contents_need_a_reader(log: OAuthLog) -> None:
     problem(await log.client.get("/v1/entries/0", headers=auth), "forbidden", 403)
 
 
-async def test_full_entry_bundles_stay_guarded_once_cached(log: OAuthLog) -> None:
+async def fill_first_bundle(log: OAuthLog) -> Submitter:
+    """Log 256 distinct events from a new submitter (returned): the first bundle is full."""
     alice = await log.add_submitter("as-prod")
-    reader = await log.add_reader("auditor")
     events = []
     for n in range(256):
         event = sample_event("token-issued")
@@ -536,6 +536,12 @@ async def test_full_entry_bundles_stay_guarded_once_cached(log: OAuthLog) -> Non
         events.append(event)
     answers = await asyncio.gather(*(log.submit(alice, e) for e in events))
     assert all(a.status_code == 201 for a in answers)
+    return alice
+
+
+async def test_full_entry_bundles_stay_guarded_once_cached(log: OAuthLog) -> None:
+    reader = await log.add_reader("auditor")
+    alice = await fill_first_bundle(log)
     auth = {"authorization": f"Bearer {reader}", "accept-encoding": "identity"}
     assert (await log.client.get("/tile/entries/000", headers=auth)).status_code == 200
     plain = {"accept-encoding": "identity"}
@@ -547,6 +553,33 @@ async def test_full_entry_bundles_stay_guarded_once_cached(log: OAuthLog) -> Non
             401,
         )
     assert (await log.client.get("/tile/entries/000", headers=auth)).status_code == 200
+    # Never answered before routing, where no credential is checked.
+    assert early_answer(log)("/tile/entries/000", plain_headers(plain)) is None
+
+
+def early_answer(log: OAuthLog) -> Any:
+    transport = log.client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    return transport.app.state.cached_tile_answer  # type: ignore[attr-defined]
+
+
+def plain_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in headers.items()]
+
+
+async def test_public_entry_bundles_answered_early(sqlite_url: str) -> None:
+    async with open_oauth_log(sqlite_url, OAuthSettings(public_entries=True)) as log:
+        await fill_first_bundle(log)
+        plain = {"accept-encoding": "identity"}
+        routed = await log.client.get("/tile/entries/000", headers=plain)
+        assert routed.status_code == 200
+        early = early_answer(log)("/tile/entries/000", plain_headers(plain))
+        assert early is not None, "a public log's full bundle is answered before routing"
+        body, headers = early
+        assert body == routed.content
+        assert dict(headers)[b"content-type"] == routed.headers["content-type"].encode()
+        # gzip still goes to the route, which compresses.
+        assert early_answer(log)("/tile/entries/000", [(b"accept-encoding", b"gzip")]) is None
 
 
 async def test_public_entries(sqlite_url: str) -> None:

@@ -562,11 +562,14 @@ class PostgresStorage:
                 low,
                 high,
             )
+            # Indexes are unique and ordered: first and last tell whether any is missing.
+            if rows and rows[0][0] == low and rows[-1][0] == low + len(rows) - 1:
+                return [bytes(row[1]) for row in rows]
             out: list[bytes] = []
             for row in rows:
-                if int(row["leaf_index"]) != low + len(out):
+                if int(row[0]) != low + len(out):
                     break
-                out.append(bytes(row["data"]))
+                out.append(bytes(row[1]))
             return out
 
         return await self._run(read)

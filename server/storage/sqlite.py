@@ -613,7 +613,10 @@ class SQLiteStorage:
                 "SELECT leaf_index, data FROM entries"
                 " WHERE leaf_index >= ? AND leaf_index < ? ORDER BY leaf_index",
                 (low, high),
-            )
+            ).fetchall()
+            # Indexes are unique and ordered: first and last tell whether any is missing.
+            if rows and rows[0][0] == low and rows[-1][0] == low + len(rows) - 1:
+                return [data for _, data in rows]
             out: list[bytes] = []
             for index, data in rows:
                 if index != low + len(out):
