@@ -401,6 +401,8 @@ class Sequencer:
         self._queue.extend(pending)
         self._last_arrival = loop.time()
         self._wakeup.set()
+        if len(pending) == 1:  # the common single event: no gathering future in between
+            return [await pending[0].future]
         return list(await asyncio.gather(*(p.future for p in pending)))
 
     # -- loading and verification ------------------------------------------------------------
