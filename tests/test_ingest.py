@@ -567,8 +567,8 @@ def plain_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode(), v.encode()) for k, v in headers.items()]
 
 
-async def test_public_entry_bundles_answered_early(sqlite_url: str) -> None:
-    async with open_oauth_log(sqlite_url, OAuthSettings(public_entries=True)) as log:
+async def test_public_entry_bundles_answered_early(url: str) -> None:
+    async with open_oauth_log(url, OAuthSettings(public_entries=True)) as log:
         await fill_first_bundle(log)
         plain = {"accept-encoding": "identity"}
         routed = await log.client.get("/tile/entries/000", headers=plain)
