@@ -113,7 +113,7 @@ from merkle.note import Ed25519Signer
 from merkle.tree import Node, build_inclusion_proof, inclusion_nodes
 from server.cluster_link import LinkClient, LinkLost, LinkServer, Moved, link_address
 from server.config import Settings
-from server.log import FROZEN_META_KEY, LogService, Published
+from server.log import FROZEN_META_KEY, InFlight, LogService, Published
 from server.replica import ReplicaRoutedStorage, ReplicaStorage
 from server.sequencer import (
     IntegrityFailure,
@@ -407,31 +407,22 @@ class _Leadership:
         self.link: LinkServer | None = None
         self.closing = False
         """Set when the log freezes: no new submission reaches the sequencer from then on."""
-        self._in_flight = 0
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self._in_flight = InFlight()
 
     async def submit(self, submissions: Sequence[Submission]) -> list[Sequenced]:
         """Sequence submissions (this process's own, the link's, the queue's), counted so that
         a freeze can wait for them. Raises SequencerStopped, also once the log is closing."""
         if self.closing:
             raise SequencerStopped("the log is frozen", retry_after=1)
-        self._in_flight += 1
-        self._drained.clear()
-        try:
+        with self._in_flight:
             return await self.sequencer.submit(submissions)
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._drained.set()
 
     async def close(self) -> tuple[bytes, int]:
         """Take no more submissions, wait for those in flight, and return the newest committed
         checkpoint note and its size (the final tree of a freeze). Raises SequencerStopped
         when the sequencer has stopped."""
         self.closing = True
-        while self._in_flight:
-            await self._drained.wait()
+        await self._in_flight.drained()
         if self.failure is not None:
             raise SequencerStopped(f"the sequencer stopped: {self.failure}", retry_after=1)
         note = self.sequencer.checkpoint

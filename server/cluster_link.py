@@ -46,7 +46,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 import cbor2
@@ -219,6 +219,13 @@ def decode_answer(message: Any) -> tuple[int, list[Sequenced] | BaseException]:
             )
         )
     return request_id, out
+
+
+def _fail(futures: Iterable[asyncio.Future[Any]], error: BaseException) -> None:
+    """Fail every future of ``futures`` not done yet with ``error``."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 class _Frames:
@@ -450,9 +457,7 @@ class LinkClient:
         conn = self._conn
         if conn is None or conn.closed or conn.transport is None or conn.transport.is_closing():
             self._conn = None
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(LinkLost("the link connection closed"))
+            _fail((future for _, future in batch), LinkLost("the link connection closed"))
             return
         start = 0
         while start < len(batch):
@@ -470,9 +475,10 @@ class LinkClient:
             try:
                 frame = encode_request(request_id, flat)
             except (ValueError, TypeError, cbor2.CBOREncodeError) as exc:  # the queue takes them
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(LinkLost(f"cannot encode ({type(exc).__name__})"))
+                _fail(
+                    (future for _, future in group),
+                    LinkLost(f"cannot encode ({type(exc).__name__})"),
+                )
                 continue
             self._waiting[request_id] = [(len(subs), future) for subs, future in group]
             conn.transport.write(frame)
@@ -483,15 +489,11 @@ class LinkClient:
         if waiting is None:
             return
         if isinstance(outcome, BaseException):
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(outcome)
+            _fail((future for _, future in waiting), outcome)
             return
         if len(outcome) != sum(count for count, _ in waiting):
             log.warning("a link answer has the wrong number of results; closing the link")
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(LinkLost("a malformed answer"))
+            _fail((future for _, future in waiting), LinkLost("a malformed answer"))
             if self._conn is not None and self._conn.transport is not None:
                 self._conn.transport.abort()
             return
@@ -506,10 +508,7 @@ class LinkClient:
             return  # never became the connection (refused at once): nothing was sent on it
         self._conn = None
         waiting, self._waiting = self._waiting, {}
-        for group in waiting.values():
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(LinkLost(reason))
+        _fail((future for group in waiting.values() for _, future in group), LinkLost(reason))
 
     def close(self) -> None:
         """Close the connection; requests in flight fail with LinkLost."""

@@ -40,12 +40,39 @@ from server.treeview import TreeReader
 if TYPE_CHECKING:
     from server.witnessing import WitnessCollector
 
-__all__ = ["FROZEN_META_KEY", "LogFrozen", "LogService", "Published", "Successor"]
+__all__ = ["FROZEN_META_KEY", "InFlight", "LogFrozen", "LogService", "Published", "Successor"]
 
 log = logging.getLogger(__name__)
 
 FROZEN_META_KEY = "frozen_checkpoint"
 """Storage metadata key of a frozen log's final checkpoint note."""
+
+
+class InFlight:
+    """Counts the submissions being sequenced, so that a freeze can wait until none is left.
+
+    ``with in_flight:`` around each; ``await in_flight.drained()`` returns once none is.
+    """
+
+    def __init__(self) -> None:
+        """Start with none in flight."""
+        self._count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    def __enter__(self) -> None:
+        self._count += 1
+        self._none.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self._count -= 1
+        if not self._count:
+            self._none.set()
+
+    async def drained(self) -> None:
+        """Return once nothing is in flight."""
+        while self._count:
+            await self._none.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +155,7 @@ class LogService:
         self.successor: Successor | None = None
         """Where submissions go once this log is frozen (named in :class:`LogFrozen`)."""
         self._accepting = True
-        self._in_flight = 0
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self._in_flight = InFlight()
         self._publication = asyncio.Event()
         self._final: Published | None = None
 
@@ -276,8 +301,7 @@ class LogService:
         self._accepting = False
         if self._final is not None:
             return self._final
-        while self._in_flight:
-            await self._drained.wait()
+        await self._in_flight.drained()
         size = self.sequencer.tree_size
         if not self.witnessed:
             latest = self.latest
@@ -326,14 +350,8 @@ class LogService:
         """
         self.check_accepting()
         start = time.perf_counter()
-        self._in_flight += 1
-        self._drained.clear()
-        try:
+        with self._in_flight:
             results = await self.sequencer.submit(submissions)
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._drained.set()
         elapsed = time.perf_counter() - start
         new = sum(1 for r in results if not r.duplicate)
         if new:

@@ -80,6 +80,17 @@ async def wait_for(predicate: Any, within: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def leader_first(
+    ends: list[tuple[ClusterLog, httpx.AsyncClient]], *, published: bool = False
+) -> list[tuple[ClusterLog, httpx.AsyncClient]]:
+    """Wait until exactly one front end sequences (with ``published``, also until every one
+    serves a checkpoint); return the front ends, the sequencing one first."""
+    await wait_for(lambda: sum(s.is_sequencer for s, _ in ends) == 1)
+    if published:
+        await wait_for(lambda: all(s.published is not None for s, _ in ends))
+    return sorted(ends, key=lambda end: not end[0].is_sequencer)
+
+
 async def submit_and_check(
     client: httpx.AsyncClient, events: list[dict[str, object]], signer: Ed25519Signer
 ) -> list[int]:

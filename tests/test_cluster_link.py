@@ -46,7 +46,7 @@ from server.log import FROZEN_META_KEY, LogService
 from server.sequencer import Sequenced, SequencerStopped, Submission
 from server.storage import PostgresStorage
 from tests.server_helpers import check_submit_result, entry_bytes, make_signer, pg_schema
-from tests.test_cluster import front_ends, origin, submit_and_check, wait_for
+from tests.test_cluster import front_ends, leader_first, origin, submit_and_check, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -255,9 +255,7 @@ async def test_refusals_and_lost_connections_reach_the_caller() -> None:
 async def test_front_ends_use_the_link_and_fall_back_to_the_queue(pg_dsn: str) -> None:
     signer = make_signer(origin())
     async with pg_schema(pg_dsn) as dsn, front_ends(dsn, signer, 2, local_link=True) as ends:
-        await wait_for(lambda: sum(s.is_sequencer for s, _ in ends) == 1)
-        await wait_for(lambda: all(s.published is not None for s, _ in ends))
-        (leader, _), (other, client) = sorted(ends, key=lambda end: not end[0].is_sequencer)
+        (leader, _), (other, client) = await leader_first(ends, published=True)
         conn = await asyncpg.connect(dsn)
         try:
             events: list[dict[str, object]] = [{"via": "link", "n": n} for n in range(8)]
@@ -290,8 +288,7 @@ async def test_a_process_that_stopped_sequencing_sends_front_ends_to_the_queue(
     signer = make_signer(origin())
     verifier = Ed25519Verifier.from_vkey(signer.vkey)
     async with pg_schema(pg_dsn) as dsn, front_ends(dsn, signer, 2, local_link=True) as ends:
-        await wait_for(lambda: sum(s.is_sequencer for s, _ in ends) == 1)
-        (leader, _), (_other, client) = sorted(ends, key=lambda end: not end[0].is_sequencer)
+        (leader, _), (_other, client) = await leader_first(ends)
         leadership = leader._leadership
         assert leadership is not None
         assert leadership.link is not None
@@ -479,8 +476,7 @@ async def test_freezing_a_cluster_under_load_gives_one_final_checkpoint(pg_dsn: 
 async def test_a_process_not_told_to_freeze_follows_the_frozen_log(pg_dsn: str) -> None:
     signer = make_signer(origin())
     async with pg_schema(pg_dsn) as dsn, front_ends(dsn, signer, 2, local_link=True) as ends:
-        await wait_for(lambda: sum(s.is_sequencer for s, _ in ends) == 1)
-        (leader, _), (other, client) = sorted(ends, key=lambda end: not end[0].is_sequencer)
+        (leader, _), (other, client) = await leader_first(ends)
         assert (await client.post("/v1/events", json={"before": "freeze"})).status_code == 201
         final = await asyncio.wait_for(leader.freeze(), 20)
         # The other process's settings never said to freeze: it finds the final checkpoint
@@ -498,8 +494,7 @@ async def test_a_submission_left_in_the_queue_by_a_freeze_is_answered_at_once(
 ) -> None:
     signer = make_signer(origin())
     async with pg_schema(pg_dsn) as dsn, front_ends(dsn, signer, 2) as ends:  # queue only
-        await wait_for(lambda: sum(s.is_sequencer for s, _ in ends) == 1)
-        (leader, _), (other, client) = sorted(ends, key=lambda end: not end[0].is_sequencer)
+        (leader, _), (other, client) = await leader_first(ends)
         leadership = leader._leadership
         assert leadership is not None
         leadership.closing = True  # what a freeze does first: the feeder takes no more rows

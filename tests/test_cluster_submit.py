@@ -31,7 +31,7 @@ from server.storage import SQLiteStorage
 from server.storage.base import Batch, LogState
 from server.workers import REUSE_PORT, bind_socket
 from tests.server_helpers import check_submit_result, entry_bytes, make_signer, pg_schema
-from tests.test_cluster import front_ends, origin, submit_and_check, wait_for
+from tests.test_cluster import front_ends, leader_first, origin, submit_and_check, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -69,11 +69,7 @@ async def test_local_submissions_skip_the_queue_and_others_read_answers_from_not
     signer = make_signer(origin())
     verifier = Ed25519Verifier.from_vkey(signer.vkey)
     async with pg_schema(pg_dsn) as dsn, front_ends(dsn, signer, 2) as ends:
-        await wait_for(lambda: sum(s.is_sequencer for s, _ in ends) == 1)
-        await wait_for(lambda: all(s.published is not None for s, _ in ends))
-        (_, leader_client), (other, other_client) = sorted(
-            ends, key=lambda end: not end[0].is_sequencer
-        )
+        (_, leader_client), (other, other_client) = await leader_first(ends, published=True)
         conn = await asyncpg.connect(dsn)
         try:
             event: dict[str, object] = {"via": "sequencer"}

@@ -258,11 +258,8 @@ async def test_tile_cache_headers_and_content_types(log: InProcessLog) -> None:
 async def test_cached_full_tiles_are_answered_before_routing_with_the_same_answer(
     log: InProcessLog,
 ) -> None:
-    await log.fill(600)
-    app = log.client._transport.app  # type: ignore[attr-defined]
-    answer = app.state.cached_tile_answer
+    answer, routes = await _early_path(log, "cached_tile_answer")
     plain = [(b"accept-encoding", b"identity")]
-    routes = _routes_only(app)
     for path in ("/tile/0/001", "/tile/entries/001"):
         assert answer(path, plain) is None  # not read yet
         routed = await routes.get(path, headers={"accept-encoding": "identity"})
@@ -294,10 +291,7 @@ async def test_cached_full_tiles_are_answered_before_routing_with_the_same_answe
 async def test_inclusion_proofs_from_memory_are_answered_before_routing(
     log: InProcessLog,
 ) -> None:
-    await log.fill(600)
-    app = log.client._transport.app  # type: ignore[attr-defined]
-    answer = app.state.cached_inclusion_answer
-    routes = _routes_only(app)
+    answer, routes = await _early_path(log, "cached_inclusion_answer")
     for index, size in ((0, 1), (5, 600), (599, 600), (300, 513)):
         query = f"index={index}&tree_size={size}"
         routed = await routes.get(f"/v1/proof/inclusion?{query}")
@@ -325,9 +319,13 @@ async def test_inclusion_proofs_from_memory_are_answered_before_routing(
     await routes.aclose()
 
 
-def _routes_only(app: Any) -> httpx.AsyncClient:
-    """A client of the app's routes alone (no middleware): the answers early paths must equal."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.router), base_url="http://x")
+async def _early_path(log: InProcessLog, name: str) -> tuple[Any, httpx.AsyncClient]:
+    """Fill the log with 600 entries; return the app's early-answer function ``name`` and a
+    client of the app's routes alone (no middleware): the answers early paths must equal."""
+    await log.fill(600)
+    app = log.client._transport.app  # type: ignore[attr-defined]
+    routes = httpx.AsyncClient(transport=httpx.ASGITransport(app=app.router), base_url="http://x")
+    return getattr(app.state, name), routes
 
 
 def _max_age(response: httpx.Response) -> int:

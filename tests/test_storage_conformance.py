@@ -17,6 +17,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from merkle.hashing import leaf_hash
 from server.storage import (
@@ -34,8 +36,33 @@ from server.storage import (
     StorageError,
     open_storage,
 )
+from server.storage.base import leading_entries
 
 pytestmark = pytest.mark.anyio
+
+
+@given(
+    start=st.integers(0, 2**40),
+    offsets=st.sets(st.integers(0, 40), max_size=40),
+)
+def test_leading_entries_match_a_naive_scan(start: int, offsets: set[int]) -> None:
+    rows = [(start + k, k.to_bytes(2, "big")) for k in sorted(offsets)]
+    naive: list[bytes] = []
+    expected = start
+    for index, data in rows:
+        if index != expected:
+            break
+        naive.append(data)
+        expected += 1
+    assert leading_entries(rows, start) == naive
+
+
+def test_leading_entries_known_answers() -> None:
+    assert leading_entries([(5, b"a"), (6, b"b"), (8, b"c")], 5) == [b"a", b"b"]
+    assert leading_entries([(5, b"a"), (6, b"b")], 5) == [b"a", b"b"]
+    assert leading_entries([(6, b"b"), (7, b"c")], 5) == []
+    assert leading_entries([], 5) == []
+
 
 TILE_WIDTH = 256
 HASH = 32

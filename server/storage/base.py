@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "HASH_SIZE",
@@ -62,6 +62,7 @@ __all__ = [
     "check_principal",
     "check_principal_key",
     "encode_key",
+    "leading_entries",
 ]
 
 HASH_SIZE = 32
@@ -509,6 +510,23 @@ def check_read_range(start: int, end: int) -> None:
     """Raise ``ValueError`` unless ``0 <= start <= end``."""
     if not 0 <= start <= end:
         raise ValueError(f"bad entry range [{start}, {end})")
+
+
+def leading_entries(rows: Sequence[Sequence[Any]], start: int) -> list[bytes]:
+    """Return the data of ``(leaf_index, data)`` rows (ordered by index, unique, from
+    ``start`` on) up to the first missing index: what ``read_entries`` answers.
+
+    Example: rows ``[(5, b"a"), (6, b"b"), (8, b"c")]`` from 5 -> ``[b"a", b"b"]``.
+    """
+    # The first and last index tell whether any is missing: the common case takes every row.
+    if rows and rows[0][0] == start and rows[-1][0] == start + len(rows) - 1:
+        return [bytes(row[1]) for row in rows]
+    out: list[bytes] = []
+    for row in rows:
+        if row[0] != start + len(out):
+            break
+        out.append(bytes(row[1]))
+    return out
 
 
 def fits_int64(value: int) -> bool:

@@ -62,6 +62,7 @@ from server.storage.base import (
     clamp64,
     encode_key,
     fits_int64,
+    leading_entries,
     lookup_bounds,
     unique_lookup_keys,
 )
@@ -562,15 +563,7 @@ class PostgresStorage:
                 low,
                 high,
             )
-            # Indexes are unique and ordered: first and last tell whether any is missing.
-            if rows and rows[0][0] == low and rows[-1][0] == low + len(rows) - 1:
-                return [bytes(row[1]) for row in rows]
-            out: list[bytes] = []
-            for row in rows:
-                if int(row[0]) != low + len(out):
-                    break
-                out.append(bytes(row[1]))
-            return out
+            return leading_entries(rows, low)
 
         return await self._run(read)
 

@@ -49,6 +49,7 @@ from server.storage.base import (
     clamp64,
     encode_key,
     fits_int64,
+    leading_entries,
     lookup_bounds,
     unique_lookup_keys,
 )
@@ -614,15 +615,7 @@ class SQLiteStorage:
                 " WHERE leaf_index >= ? AND leaf_index < ? ORDER BY leaf_index",
                 (low, high),
             ).fetchall()
-            # Indexes are unique and ordered: first and last tell whether any is missing.
-            if rows and rows[0][0] == low and rows[-1][0] == low + len(rows) - 1:
-                return [data for _, data in rows]
-            out: list[bytes] = []
-            for index, data in rows:
-                if index != low + len(out):
-                    break
-                out.append(data)
-            return out
+            return leading_entries(rows, low)
 
         return await self._read().run(read) if low < high else []
 
