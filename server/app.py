@@ -403,7 +403,8 @@ _TILE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cache-control", CACHE_IMMUTABLE.encode("ascii")),
     (b"content-type", b"application/octet-stream"),
 ]
-_JSON_HEADERS: list[tuple[bytes, bytes]] = [(b"content-type", JSON_TYPE.encode("ascii"))]
+_JSON_TYPE_BYTES = JSON_TYPE.encode("ascii")
+_JSON_HEADERS: list[tuple[bytes, bytes]] = [(b"content-type", _JSON_TYPE_BYTES)]
 _BUNDLE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"cache-control", CACHE_IMMUTABLE.encode("ascii")),
     (b"vary", b"Accept-Encoding"),
@@ -418,34 +419,83 @@ def _with_length(
     return body, [*headers, (b"content-length", str(len(body)).encode("ascii"))]
 
 
-class _CachedReads:
-    """ASGI middleware: the busiest reads answered before routing: ``GET`` of a full tile or
-    entry bundle (from the cache of immutable tiles, which a miss fills with the tile's block;
-    the bulk of an audit's or a mirror's requests), and of an inclusion proof
-    ``?index=I&tree_size=N`` whose tiles are all in memory.
+_ProblemHandler = Callable[[Request, Exception], Awaitable[Response]]
 
-    The same status, headers and body as the route's answer; everything else goes on to the app.
+
+class _EarlyAnswers:
+    """ASGI middleware: the busiest requests answered before routing, with the route's answer.
+
+    * ``GET`` of a full tile or entry bundle (from the cache of immutable tiles, which a miss
+      fills with the tile's block; the bulk of an audit's or a mirror's requests), and of an
+      inclusion proof ``?index=I&tree_size=N`` whose tiles are all in memory;
+    * ``POST /v1/events``, through the route's own code (:meth:`_Handlers.submit_answer`):
+      its answer is written directly, and a refusal goes to the app's exception handler for
+      it, as behind the router. Anything no handler takes (a bug) is raised to Starlette's
+      server-error middleware, which answers 500 as it does for the route.
+
+    Everything else goes on to the app. Starlette places this middleware inside its
+    server-error middleware, so ``scope["app"]`` is set.
     """
 
-    def __init__(self, app: ASGIApp, handlers: _Handlers) -> None:
+    def __init__(
+        self, app: ASGIApp, handlers: _Handlers, errors: Mapping[Any, _ProblemHandler]
+    ) -> None:
         self.app = app
         self.handlers = handlers
+        # What the router's exception middleware would answer with: all but 500/Exception.
+        self.errors = {
+            key: handler
+            for key, handler in errors.items()
+            if isinstance(key, type) and key is not Exception
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer from the cache, or pass the request on."""
-        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
+        """Answer early, or pass the request on."""
+        if scope["type"] == "http" and not scope.get("root_path"):
+            method = scope["method"]
             path = scope["path"]
-            answer = None
-            if path.startswith("/tile/"):
-                answer = await self.handlers.tile_answer(path, scope["headers"])
-            elif path == "/v1/proof/inclusion":
-                answer = self.handlers.cached_inclusion_answer(scope["query_string"])
-            if answer is not None:
-                body, headers = answer
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+            if method == "POST" and path == "/v1/events":
+                await self._submit(scope, receive, send)
                 return
+            if method == "GET":
+                answer = None
+                if path.startswith("/tile/"):
+                    answer = await self.handlers.tile_answer(path, scope["headers"])
+                elif path == "/v1/proof/inclusion":
+                    answer = self.handlers.cached_inclusion_answer(scope["query_string"])
+                if answer is not None:
+                    body, headers = answer
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
         await self.app(scope, receive, send)
+
+    async def _submit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        try:
+            status, content = await self.handlers.submit_answer(request)
+        except Exception as exc:
+            handler: _ProblemHandler | None = None
+            for kind in type(exc).__mro__:
+                handler = self.errors.get(kind)
+                if handler is not None:
+                    break
+            else:
+                raise
+            response = await handler(request, exc)
+            await response(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-length", b"%d" % len(content)),
+                    (b"content-type", _JSON_TYPE_BYTES),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
 
 
 class ImmutableCache:
@@ -715,6 +765,14 @@ class _Handlers:
         return writer
 
     async def submit(self, request: Request) -> Response:
+        status, content = await self.submit_answer(request)
+        return Response(content, status, media_type=JSON_TYPE)
+
+    async def submit_answer(self, request: Request) -> tuple[int, bytes]:
+        """Sequence the one event of ``POST /v1/events``; return the status and JSON body.
+
+        Raises what the route answers as a problem (Problem, CodecError, LogFrozen).
+        """
         self.service.check_accepting()  # a frozen log refuses before reading anything
         await self.intake.authenticate(request)
         media = _media_type(request)
@@ -739,7 +797,7 @@ class _Handlers:
         except (SequencerStopped, StorageError) as exc:
             raise _unavailable(exc) from None
         content = self._writer_for(result.checkpoint).write(result, extra)
-        return Response(content, 200 if result.duplicate else 201, media_type=JSON_TYPE)
+        return 200 if result.duplicate else 201, content
 
     async def submit_batch(self, request: Request) -> Response:
         self.service.check_accepting()
@@ -1026,14 +1084,9 @@ def create_app(
             if manage_service:
                 await service.stop()
 
-    app = Starlette(
-        routes=routes,
-        exception_handlers=_counting(
-            {**exception_handlers(), StorageError: _storage_failed}, service
-        ),
-        lifespan=lifespan,
-    )
-    app.add_middleware(_CachedReads, handlers=handlers)
+    errors = _counting({**exception_handlers(), StorageError: _storage_failed}, service)
+    app = Starlette(routes=routes, exception_handlers=errors, lifespan=lifespan)
+    app.add_middleware(_EarlyAnswers, handlers=handlers, errors=errors)
     app.state.cached_tile_answer = handlers.cached_tile_answer
     app.state.cached_inclusion_answer = handlers.cached_inclusion_answer
     app.state.log = service

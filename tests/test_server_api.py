@@ -18,6 +18,7 @@ from typing import Any
 import cbor2
 import httpx
 import pytest
+from starlette.routing import Router
 
 from merkle.checkpoint import Checkpoint, format_checkpoint
 from merkle.compact import CompactRange
@@ -317,6 +318,88 @@ async def test_inclusion_proofs_from_memory_are_answered_before_routing(
     ):
         assert answer(query.encode()) is None, query
     await routes.aclose()
+
+
+async def test_single_submissions_are_answered_before_routing_as_the_route_answers(
+    log: InProcessLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``POST /v1/events`` skips the router (``_EarlyAnswers``); the same app mounted under a
+    root path takes the route. Both give the same answers, refusals and 500s included."""
+    app = log.client._transport.app  # type: ignore[attr-defined]
+
+    def client(base: str) -> httpx.AsyncClient:
+        root = base.removeprefix("http://etch.test")
+        transport = httpx.ASGITransport(app=app, root_path=root, raise_app_exceptions=False)
+        return httpx.AsyncClient(transport=transport, base_url=base)
+
+    early, routed = client("http://etch.test"), client("http://etch.test/mounted")
+    routed_paths: list[str] = []
+    route_app = Router.__call__
+
+    async def spy(self: Router, scope: Any, receive: Any, send: Any) -> None:
+        routed_paths.append(scope["path"])
+        await route_app(self, scope, receive, send)
+
+    monkeypatch.setattr(Router, "__call__", spy)
+
+    async def both(content: bytes, content_type: str) -> tuple[httpx.Response, httpx.Response]:
+        headers = {"content-type": content_type}
+        first = await early.post("/v1/events", content=content, headers=headers)
+        second = await routed.post("/v1/events", content=content, headers=headers)
+        return first, second
+
+    fresh_early, fresh_routed = (
+        await early.post("/v1/events", json={"n": 1}),
+        await routed.post("/v1/events", json={"n": 2}),
+    )
+    for response, n in ((fresh_early, 1), (fresh_routed, 2)):
+        assert response.status_code == 201, response.text
+        check_submit_result(response.json(), entry_bytes({"n": n}), log.verifier, vkey=log.vkey)
+    assert routed_paths == ["/mounted/v1/events"]  # the early answer never reached the router
+    assert list(fresh_early.headers) == list(fresh_routed.headers)
+    assert fresh_early.headers["content-type"] == "application/json"
+    # Resubmissions against the same checkpoint: byte for byte the same answer.
+    again = await both(json.dumps({"n": 1}).encode(), "application/json")
+    assert again[0].status_code == again[1].status_code == 200
+    assert (again[0].headers, again[0].content) == (again[1].headers, again[1].content)
+    assert again[0].json()["index"] == fresh_early.json()["index"]
+
+    errors_before = _samples((await log.client.get("/metrics")).text)
+    refusals = [
+        (b"{", "application/json", "bad-json", 400),
+        (b'{"a": 1.5}', "application/json", "float-not-allowed", 422),
+        (b"[1]", "application/json", "bad-event", 422),
+        (cbor2.dumps({"a": 1}), "text/plain", "unsupported-media-type", 415),
+        (
+            b" " * (app.state.limits.max_body_bytes + 1),
+            "application/json",
+            "payload-too-large",
+            413,
+        ),
+    ]
+    for content, content_type, slug, status in refusals:
+        first, second = await both(content, content_type)
+        check_problem(first, slug, status)
+        assert (first.status_code, first.headers, first.content) == (
+            second.status_code,
+            second.headers,
+            second.content,
+        ), slug
+    errors = _samples((await log.client.get("/metrics")).text)
+    for _, _, slug, _ in refusals:
+        key = f'etch_errors_total{{type="{slug}"}}'
+        assert errors[key] - errors_before.get(key, 0) == 2, slug
+
+    async def broken(submissions: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(log.service, "submit", broken)
+    first, second = await both(b'{"n": 3}', "application/json")
+    check_problem(first, "internal", 500)
+    assert (first.status_code, first.content) == (second.status_code, second.content)
+    assert log.service.tree_size == 2
+    await early.aclose()
+    await routed.aclose()
 
 
 async def _early_path(log: InProcessLog, name: str) -> tuple[Any, httpx.AsyncClient]:
