@@ -80,6 +80,7 @@ from server.treeview import (
     ExpandedTile,
     TreeReader,
     expand_tile,
+    extend_expanded,
     hashes_for_nodes,
     inclusion_proofs,
 )
@@ -176,6 +177,9 @@ class _State:
     checkpoint: bytes
     compact: CompactRange
     edge: dict[TileKey, bytes] = field(default_factory=dict)
+    expanded: dict[TileKey, ExpandedTile] = field(default_factory=dict)
+    """Expansions of some ``edge`` tiles (``expand_tile`` of their bytes), kept from the
+    rounds that computed them so that the next round extends them instead of starting over."""
 
     @property
     def tree_size(self) -> int:
@@ -717,18 +721,25 @@ class Sequencer:
 
         tiles: dict[TileKey, bytes] = {**state.edge, **changed}
         new_edge = {key: tiles[key] for key in _edge_keys(new_size)}
-        self._state = _State(note, compact, new_edge)
-
-        expanded: dict[TileKey, ExpandedTile] = {}
+        # Tiles only grow at their right end: an edge tile's expansion from an earlier round
+        # is extended by what this round appended to it.
+        expanded = {key: rows for key, rows in state.expanded.items() if key not in changed}
+        earlier = state.expanded
 
         def expand(key: TileKey) -> ExpandedTile:
             rows = expanded.get(key)
             if rows is None:
-                rows = expanded[key] = expand_tile(tiles[key])
+                prefix = earlier.get(key)
+                data = tiles[key]
+                rows = expand_tile(data) if prefix is None else extend_expanded(prefix, data)
+                expanded[key] = rows
             return rows
+
+        self._state = _State(note, compact, new_edge)
 
         fault_point(Step.ANSWER_SUBMITTERS, Phase.BEFORE, note)
         proofs = inclusion_proofs(old_size, len(fresh), new_size, expand)
+        self._state.expanded = {key: expanded[key] for key in new_edge if key in expanded}
         for i, (p, proof) in enumerate(zip(fresh, proofs, strict=True)):
             if not p.future.done():
                 p.future.set_result(

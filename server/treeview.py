@@ -92,6 +92,33 @@ def expand_tile(data: bytes) -> ExpandedTile:
     return tuple(rows)
 
 
+def extend_expanded(rows: ExpandedTile, data: bytes) -> ExpandedTile:
+    """Return ``expand_tile(data)`` from ``rows``, the expansion of a prefix of ``data``.
+
+    A tile only grows at its right end, so its expansion grows the same way: only the nodes
+    the new hashes complete are computed (``expand_tile`` computes every node again). Requires
+    ``rows == expand_tile(data[:k])`` for some ``k``, ``len(data)`` a multiple of 32; a prefix
+    of ``data`` that is not what ``rows`` expanded gives a wrong result, unchecked.
+    """
+    known = rows[0] if rows else ()
+    start = len(known) * HASH_SIZE
+    if start == len(data):
+        return rows
+    row = known + tuple(data[i : i + HASH_SIZE] for i in range(start, len(data), HASH_SIZE))
+    out = [row]
+    sha256 = hashlib.sha256
+    level = 1
+    while len(row) > 1:
+        done = rows[level] if level < len(rows) else ()
+        row = done + tuple(
+            sha256(_NODE_PREFIX + row[i] + row[i + 1]).digest()
+            for i in range(2 * len(done), len(row) - 1, 2)
+        )
+        out.append(row)
+        level += 1
+    return tuple(out)
+
+
 def _locate(node: Node) -> tuple[TileKey, int, int]:
     """Return the tile holding ``node``, the row inside the tile, and the position in the row."""
     tile_level, sub = divmod(node.level, TILE_HEIGHT)

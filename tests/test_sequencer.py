@@ -124,6 +124,21 @@ async def test_concurrent_submitters_get_consecutive_indexes(url: str) -> None:
         await check_tree(log, [by_index[i] for i in range(300)])
 
 
+async def test_rounds_of_every_shape_answer_proofs_that_verify(url: str) -> None:
+    """Rounds that fill, cross and complete tiles (the sequencer extends its edge tiles'
+    expansions from round to round): every answer's proof verifies against its checkpoint."""
+    async with open_log(url, batch_size=1000, batch_period=0.001) as log:
+        entries: list[bytes] = []
+        for count in (1, 1, 2, 3, 9, 240, 1, 255, 256, 257, 17, 1, 511, 1000, 3):
+            datas = [b"round entry %d" % (len(entries) + i) for i in range(count)]
+            results = await log.service.submit([sub(d) for d in datas])
+            assert [r.index for r in results] == list(range(len(entries), len(entries) + count))
+            for result, data in zip(results, datas, strict=True):
+                check_sequenced(result, data, log)
+            entries += datas
+        await check_tree(log, entries)
+
+
 # -- deduplication --------------------------------------------------------------------------------
 
 

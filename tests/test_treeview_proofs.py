@@ -32,6 +32,7 @@ from server.treeview import (
     ExpandedTile,
     TreeReader,
     expand_tile,
+    extend_expanded,
     hashes_for_nodes,
     inclusion_path,
     inclusion_proofs,
@@ -140,6 +141,52 @@ def test_a_range_outside_the_tree_is_refused(first: int, count: int) -> None:
 def test_a_leaf_outside_the_tree_is_refused(index: int) -> None:
     with pytest.raises(ValueError, match="not inside a tree"):
         inclusion_path(index, 5, _tree(5).expanded)
+
+
+def _naive_rows(hashes: Sequence[bytes]) -> list[list[bytes]]:
+    """Every complete node of a tile by RFC 6962 from scratch: row ``s`` holds the root of
+    each aligned run of ``2**s`` hashes (taken as level-0 nodes)."""
+
+    def balanced(run: Sequence[bytes]) -> bytes:  # a power-of-two run, split in halves
+        if len(run) == 1:
+            return run[0]
+        half = len(run) // 2
+        return hashlib.sha256(b"\x01" + balanced(run[:half]) + balanced(run[half:])).digest()
+
+    rows = []
+    span = 1
+    while span == 1 or span <= len(hashes):
+        rows.append(
+            [balanced(hashes[j : j + span]) for j in range(0, len(hashes) - span + 1, span)]
+        )
+        span *= 2
+    return rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 256), min_size=1, max_size=5))
+def test_extending_an_expansion_step_by_step_matches_a_fresh_one(cuts: list[int]) -> None:
+    hashes = LEAVES[:256]
+    widths = sorted(cuts)
+    rows = expand_tile(b"".join(hashes[: widths[0]]))
+    for width in widths:
+        data = b"".join(hashes[:width])
+        rows = extend_expanded(rows, data)
+        assert rows == expand_tile(data)
+        assert [list(row) for row in rows] == _naive_rows(hashes[:width])
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [(0, 1), (0, 2), (1, 2), (3, 4), (4, 5), (5, 8), (127, 256), (255, 256)]
+)
+def test_extending_an_expansion_at_known_widths(before: int, after: int) -> None:
+    hashes = LEAVES[:after]
+    prefix = b"".join(hashes[:before])
+    for start in (expand_tile(prefix), () if before == 0 else expand_tile(prefix)):
+        rows = extend_expanded(start, b"".join(hashes))
+        assert [list(row) for row in rows] == _naive_rows(hashes)
+    same = expand_tile(b"".join(hashes))
+    assert extend_expanded(same, b"".join(hashes)) is same  # nothing new: nothing computed
 
 
 def test_a_missing_node_raises_lookup_error() -> None:
