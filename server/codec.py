@@ -554,19 +554,23 @@ def _parse_json(body: bytes, max_bytes: int, max_depth: int) -> object:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
         raise CodecError("bad-json", f"invalid UTF-8 at byte {error.start}") from None
-    too_deep = CodecError("too-deep", f"nesting deeper than {max_depth} levels")
     if _json_too_deep_fast(text, max_depth) and _json_too_deep(text, max_depth):
-        raise too_deep
+        raise _too_deep(max_depth)
     try:
         return _JSON_DECODER.decode(text)
     except json.JSONDecodeError as error:
         if _json_too_deep(text, max_depth):
-            raise too_deep from None
+            raise _too_deep(max_depth) from None
         raise CodecError(
             "bad-json", f"{error.msg} at line {error.lineno} column {error.colno}"
         ) from None
     except RecursionError:
-        raise too_deep from None
+        raise _too_deep(max_depth) from None
+
+
+def _too_deep(max_depth: int) -> CodecError:
+    """Return the refusal of JSON nested deeper than ``max_depth`` (made only when needed)."""
+    return CodecError("too-deep", f"nesting deeper than {max_depth} levels")
 
 
 class _RefusalError(Exception):

@@ -133,6 +133,9 @@ class LogService:
         self.origin = origin
         self.vkey = signer.vkey
         self.metrics = LogMetrics()
+        # The children of the per-submission counters, looked up once (``labels`` takes a lock).
+        self._counted_new = self.metrics.submissions.labels("new")
+        self._counted_duplicate = self.metrics.submissions.labels("duplicate")
         self.sequencer = Sequencer(
             storage,
             signer,
@@ -355,9 +358,9 @@ class LogService:
         elapsed = time.perf_counter() - start
         new = sum(1 for r in results if not r.duplicate)
         if new:
-            self.metrics.submissions.labels("new").inc(new)
+            self._counted_new.inc(new)
         if len(results) - new:
-            self.metrics.submissions.labels("duplicate").inc(len(results) - new)
+            self._counted_duplicate.inc(len(results) - new)
         self.metrics.sequencing_latency.observe(elapsed)
         return results
 
