@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "notes": ["benchmarks.bench_notes"],
     "codec": ["benchmarks.bench_codec"],
     "storage": ["benchmarks.bench_storage", "--backend", "both"],
+    "rounds": ["benchmarks.bench_rounds"],
     "emitter": ["benchmarks.bench_emitter"],
     "ingest": ["benchmarks.bench_ingest"],
     "witness": ["benchmarks.bench_witness", "--http"],
