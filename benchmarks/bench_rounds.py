@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from merkle.checkpoint import open_checkpoint
+from merkle.checkpoint import Checkpoint, open_checkpoint
 from merkle.hashing import leaf_hash
 from merkle.tree import verify_inclusion
 from server.keys import load_or_create_log_key
@@ -102,8 +102,12 @@ async def measure(size: int, rounds: int, data_dir: Path) -> RoundCost:
         if taken != rounds:
             raise RuntimeError(f"{rounds} groups of {size} took {taken} rounds")
         verifier = key.signer.verifier()
+        checkpoints: dict[bytes, Checkpoint] = {}  # each signed note verified once
         for data, result in results:
-            checkpoint, _, _ = open_checkpoint(result.checkpoint, verifier)
+            checkpoint = checkpoints.get(result.checkpoint)
+            if checkpoint is None:
+                checkpoint, _, _ = open_checkpoint(result.checkpoint, verifier)
+                checkpoints[result.checkpoint] = checkpoint
             verify_inclusion(
                 leaf_hash(data), result.index, result.tree_size, result.proof, checkpoint.root_hash
             )
