@@ -15,7 +15,8 @@ Two routes, with no log behind them:
 
 It runs on uvicorn with exactly the options :mod:`server.__main__` (and
 :mod:`benchmarks.serve_raw`) use: one worker, the same event loop and HTTP implementation,
-no access log, no lifespan, no server header, keep-alive 30 s. Once it listens it prints
+no access log, no lifespan, no server header, keep-alive 30 s, and the same garbage-collector
+settings (:func:`server.runtime.tune_gc`). Once it listens it prints
 ``ready <url>`` to standard output.
 """
 
@@ -36,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.codec import DEFAULT_LIMITS
+from server.runtime import tune_gc
 
 __all__ = ["create_baseline_app", "main"]
 
@@ -99,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_header=False,
         timeout_keep_alive=30,
     )
+    tune_gc()  # the log's collector settings, so that only the app differs
     asyncio.run(_Server(config).serve())
     return 0
 

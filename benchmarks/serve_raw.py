@@ -9,7 +9,8 @@ It takes exactly the flags, ``ETCH_*`` variables and TOML file of ``python -m se
 (:func:`server.config.load_settings`), builds the :class:`server.log.LogService` the same way,
 serves ``server.app.create_app(service)`` with the engine's default intake (any bounded JSON or
 CBOR map is logged as its deterministic CBOR encoding, no submitter authentication) and runs
-uvicorn with the same options as :mod:`server.__main__`. Benchmark figures therefore measure the
+uvicorn with the same options and garbage-collector settings (:func:`server.runtime.tune_gc`)
+as :mod:`server.__main__`. Benchmark figures therefore measure the
 engine (decoding, sequencing, storage, proofs) whatever authentication layer the production
 entry point adds. No witness policy is applied: every commit is published at once.
 
@@ -33,6 +34,7 @@ from server.app import create_app
 from server.config import ConfigError, Settings, load_settings
 from server.keys import KeyFileError, load_or_create_log_key
 from server.log import LogService
+from server.runtime import tune_gc
 from server.sequencer import IntegrityFailure
 from server.storage import open_storage
 from server.storage.base import StorageError
@@ -85,6 +87,7 @@ async def serve_raw(settings: Settings) -> int:
     except (IntegrityFailure, StorageError) as exc:
         print(f"serve_raw: the log cannot start: {exc}", file=sys.stderr)
         return 1
+    tune_gc()  # as server.__main__ does once the log has started
     app = create_app(service, limits=settings.limits, manage_service=False)
     config = uvicorn.Config(
         app,

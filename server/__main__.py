@@ -25,6 +25,7 @@ from server.config import DEFAULT_LOG_NAME, ConfigError, Settings, load_settings
 from server.explorer import install_explorer
 from server.keys import KeyFileError
 from server.multilog import HostedLog, LogHost, StartupError, build_app, build_service, load_policy
+from server.runtime import tune_gc
 from server.sequencer import IntegrityFailure
 from server.storage.base import StorageError
 from server.workers import serve_workers
@@ -93,6 +94,7 @@ async def serve(
     status = await _start(starter, settings)
     if status:
         return status
+    tune_gc()  # start-up is over: its objects leave the collector's sight (server.runtime)
     if settings.logs:
         app = host.create_app()
     else:
