@@ -6,7 +6,7 @@ every 700 net allocations of tracked objects) a log under load collects many tim
 because a round of answers keeps a few thousand objects alive at once; every tenth of those
 collections also scans the middle generation and every hundredth the whole heap, a pause of
 tens of milliseconds for a log with warm caches (`benchmarks/RESULTS.md`, "Log server":
-about 0.5 s of a 13-second single-submission run went to the collector, 8 of them full
+about 0.5 s of a 13-second single-submission run went to the collector, including 7-9 full
 collections of 20-24 ms each).
 
 :func:`tune_gc` moves what start-up allocated (modules, the app, the caches filled while the
