@@ -179,7 +179,8 @@ class _State:
     edge: dict[TileKey, bytes] = field(default_factory=dict)
     expanded: dict[TileKey, ExpandedTile] = field(default_factory=dict)
     """Expansions of some ``edge`` tiles (``expand_tile`` of their bytes), kept from the
-    rounds that computed them so that the next round extends them instead of starting over."""
+    rounds that computed them so that the next round extends them instead of starting over,
+    and handed to the tree reader with the edge (:meth:`Sequencer.edge_tiles`)."""
 
     @property
     def tree_size(self) -> int:
@@ -349,7 +350,7 @@ class Sequencer:
         state = self._state
         if state is None or self._dirty:
             return None
-        return EdgeTiles(state.tree_size, state.edge)
+        return EdgeTiles(state.tree_size, state.edge, state.expanded)
 
     def refuse(self, reason: str) -> None:
         """Stop signing for good because of ``reason`` (e.g. witnesses have seen a larger tree).

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from merkle.hashing import HASH_SIZE
 from merkle.tiles import TILE_HEIGHT, TILE_WIDTH
@@ -63,16 +63,18 @@ READ_BLOCK = 16
 _FOLD_CACHE_LIMIT = 1024
 
 
+ExpandedTile = tuple[tuple[bytes, ...], ...]
+"""A tile's internal subtree: ``rows[s][j]`` is the root of hashes ``[j*2**s, (j+1)*2**s)``."""
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeTiles:
-    """The rightmost partial tile of each level at ``tree_size`` (``(level, index) -> bytes``)."""
+    """The rightmost partial tile of each level at ``tree_size`` (``(level, index) -> bytes``),
+    and the expansions (:func:`expand_tile`) the sequencer already holds of some of them."""
 
     tree_size: int
     tiles: Mapping[TileKey, bytes]
-
-
-ExpandedTile = tuple[tuple[bytes, ...], ...]
-"""A tile's internal subtree: ``rows[s][j]`` is the root of hashes ``[j*2**s, (j+1)*2**s)``."""
+    expanded: Mapping[TileKey, ExpandedTile] = field(default_factory=dict)
 
 
 def expand_tile(data: bytes) -> ExpandedTile:
@@ -344,13 +346,18 @@ class TreeReader:
             return None
         return b"".join(rows[0])
 
-    def _expand_edge(self, key: TileKey, data: bytes) -> ExpandedTile:
-        """Return the expansion of an in-memory edge tile, reusing it while the tile is unchanged.
+    def _expand_edge(self, edge: EdgeTiles, key: TileKey) -> ExpandedTile:
+        """Return the expansion of the in-memory edge tile ``key``: the sequencer's when it has
+        one, else computed here and reused while the tile is unchanged.
 
         An edge tile changes with every commit that reaches it, but between two commits every
         proof and tile read of the right edge needs the same expansion (up to 255 hashes).
         The cached rows are reused only for byte-identical contents.
         """
+        rows = edge.expanded.get(key)
+        if rows is not None:
+            return rows
+        data = edge.tiles[key]
         hit = self._edge_rows.get(key)
         if hit is not None and hit[0] == data:
             return hit[1]
@@ -370,7 +377,7 @@ class TreeReader:
             if rows is not None:
                 found[key] = rows
             elif edge is not None and key in edge.tiles:
-                found[key] = self._expand_edge(key, edge.tiles[key])
+                found[key] = self._expand_edge(edge, key)
             else:
                 missing.append(key)
         if missing:
@@ -443,7 +450,7 @@ class TreeReader:
             if rows is None:
                 rows = self._cached(key)
                 if rows is None and edge is not None and key in edge.tiles:
-                    rows = self._expand_edge(key, edge.tiles[key])
+                    rows = self._expand_edge(edge, key)
                 if rows is None:
                     raise _TileNotInMemory(key)
                 rows_of[key] = rows

@@ -20,6 +20,7 @@ import pytest
 from merkle.checkpoint import Checkpoint
 from merkle.hashing import leaf_hash
 from merkle.tree import verify_inclusion
+from server import treeview
 from server.log import LogService
 from server.sequencer import Sequenced, Sequencer, SequencerStopped, Submission
 from server.storage import open_storage
@@ -137,6 +138,36 @@ async def test_rounds_of_every_shape_answer_proofs_that_verify(url: str) -> None
                 check_sequenced(result, data, log)
             entries += datas
         await check_tree(log, entries)
+
+
+async def test_the_reader_serves_edge_proofs_from_the_sequencers_expansions(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sequencer hands its edge tiles' expansions to the tree reader with the edge: proofs
+    of the newest entries expand no edge tile again, and they verify."""
+    async with open_log(url, batch_size=1000, batch_period=0.001) as log:
+        await log.service.submit([sub(b"edge entry %d" % i) for i in range(300)])
+        datas = [b"edge entry %d" % i for i in range(300, 305)]
+        results = await log.service.submit([sub(d) for d in datas])
+        size = results[-1].tree_size
+        checkpoint = check_sequenced(results[-1], datas[-1], log)
+        edge = log.service.sequencer.edge_tiles()
+        assert edge is not None
+        assert set(edge.expanded) == {(0, 1), (1, 0)}
+        expanded: list[bytes] = []
+        real_expand = treeview.expand_tile
+
+        def counted(data: bytes) -> treeview.ExpandedTile:
+            expanded.append(data)
+            return real_expand(data)
+
+        monkeypatch.setattr(treeview, "expand_tile", counted)
+        for index in range(256, size):
+            proof = await log.service.reader.inclusion_proof(index, size)
+            leaf = leaf_hash(b"edge entry %d" % index)
+            verify_inclusion(leaf, index, size, proof, checkpoint.root_hash)
+        assert edge.tiles[(0, 1)] not in expanded
+        assert edge.tiles[(1, 0)] not in expanded
 
 
 # -- deduplication --------------------------------------------------------------------------------
