@@ -13,6 +13,14 @@ Layout of the data directory::
     policy.txt            the C2SP tlog-policy: the log and the three witnesses, quorum 2 of 3
     witness-logs.toml     what the witnesses follow (this log, with its URL for pull mode)
     demo/                 the demo submitter: credential (0600) and Ed25519 key (0600)
+
+The ports are options (``--port`` for the log, ``--witness-ports`` for the three witnesses), so
+that a second copy, or the test of this module, can run beside the first.
+
+The ``etch`` commands pin a log's key by its origin in their trusted state (``etch checkpoint``
+refuses a known origin signed by another key). A data directory made afresh, after an earlier
+one was removed, holds a new key for the same origin; the banner then says which trusted state
+file stands in the way instead of leaving the first ``etch`` command to fail.
 """
 
 from __future__ import annotations
@@ -29,12 +37,15 @@ from pathlib import Path
 
 import httpx
 
+from client.commands._common import state_dir
+from client.errors import StateError
+from client.logclient import StateStore
 from server.config import DEFAULT_ORIGIN
 from server.explorer.demo import DEMO_TOKEN, submit_demo_events_from_files
 from server.keys import load_or_create_log_key
 from witness.keys import load_or_create_key
 
-__all__ = ["main"]
+__all__ = ["main", "trust_conflict"]
 
 LOG_PORT = 8080
 WITNESS_PORTS = (8381, 8382, 8383)
@@ -55,13 +66,15 @@ def _write_if_changed(path: Path, text: str) -> None:
         tmp.replace(path)
 
 
-def _prepare(data: Path, origin: str) -> tuple[str, list[tuple[str, str, str]]]:
+def _prepare(
+    data: Path, origin: str, log_port: int, witness_ports: Sequence[int]
+) -> tuple[str, list[tuple[str, str, str]]]:
     """Create keys and configuration files; return the log vkey and each (name, vkey, url)."""
     log_dir = data / "log"
     log_key = load_or_create_log_key(log_dir, origin)
-    log_url = f"http://{HOST}:{LOG_PORT}"
+    log_url = f"http://{HOST}:{log_port}"
     witnesses = []
-    for number, port in enumerate(WITNESS_PORTS, 1):
+    for number, port in enumerate(witness_ports, 1):
         wdir = data / f"witness-{number}"
         wdir.mkdir(parents=True, exist_ok=True)
         signer, _ = load_or_create_key(wdir / "witness.key", f"localhost/etch/witness-{number}")
@@ -75,6 +88,30 @@ def _prepare(data: Path, origin: str) -> tuple[str, list[tuple[str, str, str]]]:
         f'[[log]]\norigin = "{origin}"\nvkey = "{log_key.vkey}"\nurl = "{log_url}"\n',
     )
     return log_key.vkey, witnesses
+
+
+def trust_conflict(origin: str, vkey: str, directory: Path | None = None) -> str | None:
+    """Say why the ``etch`` commands would refuse this log, or return ``None``.
+
+    Reads the trusted state of ``origin`` in ``directory`` (by default where the ``etch``
+    commands keep it: ``ETCH_STATE_DIR``, ``$XDG_STATE_HOME/etch`` or ``~/.local/state/etch``).
+    Returns a few lines for the banner when that state was verified with another key than
+    ``vkey``, or cannot be read; never raises.
+    """
+    store = StateStore(directory if directory is not None else state_dir(argparse.Namespace()))
+    path = store.path(origin)
+    try:
+        state = store.load(origin)
+    except StateError as exc:
+        return f"The etch commands cannot read their trusted state of {origin}: {exc}"
+    if state is None or state.vkey == vkey:
+        return None
+    return (
+        f"Note: the etch commands on this machine trust another key for {origin}\n"
+        f"  ({state.vkey}),\n"
+        f"  from a log since replaced, and will refuse this one. If that log is gone for good:\n"
+        f"    rm {path}"
+    )
 
 
 def _register_demo(data: Path) -> tuple[Path, Path]:
@@ -147,15 +184,41 @@ def _wait_healthy(children: Sequence[_Child], timeout: float) -> None:
         raise SystemExit("make run: not healthy in time: " + ", ".join(c.name for c in pending))
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return port
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    ports = tuple(_port(part.strip()) for part in text.split(","))
+    if len(ports) != len(WITNESS_PORTS):
+        raise argparse.ArgumentTypeError(f"give {len(WITNESS_PORTS)} ports, e.g. 8381,8382,8383")
+    return ports
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the local log and witnesses and supervise them until interrupted."""
     parser = argparse.ArgumentParser(prog="make run", description=__doc__)
     parser.add_argument("--data-dir", default=".etch", help="where everything is kept")
     parser.add_argument("--origin", default=DEFAULT_ORIGIN, help="the log's origin")
+    parser.add_argument("--port", type=_port, default=LOG_PORT, help="the log's port")
+    parser.add_argument(
+        "--witness-ports",
+        type=_ports,
+        default=WITNESS_PORTS,
+        help="the three witnesses' ports, comma-separated (default 8381,8382,8383)",
+    )
     args = parser.parse_args(argv)
+    if len({args.port, *args.witness_ports}) != 4:
+        parser.error("the log and the three witnesses need four different ports")
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    vkey, witnesses = _prepare(data, args.origin)
+    vkey, witnesses = _prepare(data, args.origin, args.port, args.witness_ports)
     credential_file, key_file = _register_demo(data)
     logs = data / "logs"
     logs.mkdir(exist_ok=True)
@@ -186,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logs / f"{name}.log",
             )
         )
-    log_url = f"http://{HOST}:{LOG_PORT}"
+    log_url = f"http://{HOST}:{args.port}"
     children.append(
         _start(
             "log",
@@ -197,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--data-dir",
                 str(data / "log"),
                 "--port",
-                str(LOG_PORT),
+                str(args.port),
                 "--origin",
                 args.origin,
                 "--policy-file",
@@ -223,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, httpx.HTTPError) as exc:
             print(f"make run: could not log the demo token's events: {exc}", flush=True)
         _banner(data, log_url, vkey, witnesses, credential_file, key_file)
+        conflict = trust_conflict(args.origin, vkey)
+        if conflict is not None:
+            print(conflict, flush=True)
         while not stop:
             for child in children:
                 if child.process.poll() is not None:
