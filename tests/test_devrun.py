@@ -30,6 +30,7 @@ from merkle.checkpoint import Checkpoint, format_checkpoint, open_checkpoint
 from merkle.hashing import EMPTY_ROOT
 from merkle.note import sign_note
 from server.config import DEFAULT_ORIGIN
+from server.devrun import main as devrun_main
 from server.devrun import trust_conflict
 from server.keys import load_or_create_log_key
 from tests.server_helpers import free_port
@@ -253,3 +254,23 @@ def test_trust_conflict(tmp_path: Path) -> None:
     unreadable = trust_conflict(DEFAULT_ORIGIN, pinned, state)
     assert unreadable is not None
     assert "cannot read" in unreadable
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "http"], "not a port number: 'http'"),
+        (["--port", "70000"], "not a port number: '70000'"),
+        (["--witness-ports", "8381,8382"], "give 3 ports"),
+        (["--port", "8381"], "four different ports"),
+    ],
+)
+def test_bad_ports_are_refused_before_anything_is_created(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / ".etch"
+    with pytest.raises(SystemExit) as exit_info:
+        devrun_main(["--data-dir", str(data), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not data.exists()
