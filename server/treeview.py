@@ -83,15 +83,7 @@ def expand_tile(data: bytes) -> ExpandedTile:
     Requires ``len(data)`` to be a multiple of 32. For a partial tile only the complete
     subtrees are present (row ``s`` has ``width >> s`` entries).
     """
-    row = tuple(data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE))
-    rows = [row]
-    sha256 = hashlib.sha256
-    while len(row) > 1:
-        row = tuple(
-            sha256(_NODE_PREFIX + row[i] + row[i + 1]).digest() for i in range(0, len(row) - 1, 2)
-        )
-        rows.append(row)
-    return tuple(rows)
+    return extend_expanded((), data)
 
 
 def extend_expanded(rows: ExpandedTile, data: bytes) -> ExpandedTile:
@@ -100,11 +92,12 @@ def extend_expanded(rows: ExpandedTile, data: bytes) -> ExpandedTile:
     A tile only grows at its right end, so its expansion grows the same way: only the nodes
     the new hashes complete are computed (``expand_tile`` computes every node again). Requires
     ``rows == expand_tile(data[:k])`` for some ``k``, ``len(data)`` a multiple of 32; a prefix
-    of ``data`` that is not what ``rows`` expanded gives a wrong result, unchecked.
+    of ``data`` that is not what ``rows`` expanded gives a wrong result, unchecked. ``rows``
+    may be ``()``, the expansion of nothing: :func:`expand_tile` is that case.
     """
     known = rows[0] if rows else ()
     start = len(known) * HASH_SIZE
-    if start == len(data):
+    if rows and start == len(data):
         return rows
     row = known + tuple(data[i : i + HASH_SIZE] for i in range(start, len(data), HASH_SIZE))
     out = [row]

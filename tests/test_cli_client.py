@@ -8,12 +8,9 @@ evidence file that ``etch evidence verify`` accepts.
 
 from __future__ import annotations
 
-import io
 import json
 import stat
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +22,12 @@ from merkle.cosignature import CosignatureSigner
 from merkle.note import Ed25519Signer, Ed25519Verifier
 from merkle.receipt import parse_receipt
 from merkle.tiles import Tile, format_tile_path
+from tests.cli_helpers import Run, run_etch
 from tests.tampering import ServedApp, TamperingLog, event_leaf
 
 TOKEN = b"mF_9.B5f-4.1JqM"
 REF = token_ref(TOKEN)
 T0 = 1_767_225_600_000
-
-
-@dataclass
-class Run:
-    """What one ``etch`` invocation did."""
-
-    status: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out.strip().splitlines()[-1])
 
 
 class Etch:
@@ -60,18 +46,7 @@ class Etch:
         if trust and args[0] not in ("keygen", "verify", "evidence", "witness"):
             args += ["--log", self.url, "--policy", str(self.policy)]
             args += ["--state-dir", str(self.tmp / "state")]
-        self.capsys.readouterr()
-        saved = sys.stdin
-        if stdin is not None:
-            sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
-        try:
-            status = main(args)
-        except SystemExit as exc:  # argparse usage errors
-            status = exc.code if isinstance(exc.code, int) else 2
-        finally:
-            sys.stdin = saved
-        captured = self.capsys.readouterr()
-        return Run(status, captured.out, captured.err)
+        return run_etch(self.capsys, args, stdin)
 
     def evidence(self) -> list[Path]:
         return sorted((self.tmp / "state" / "evidence").glob("*.json"))

@@ -17,12 +17,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from client.cli import main
 from client.tokens import token_ref
+from tests.cli_helpers import Run, run_etch
 from tests.server_helpers import LogProcess
 
 ORIGIN = "e2e.example/oauth/log"
@@ -30,30 +30,9 @@ TOKEN = b"tGzv3JOkF0XG5Qx2TlKWIA"
 REF = token_ref(TOKEN)
 
 
-@dataclass
-class Run:
-    status: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out.strip().splitlines()[-1])
-
-
 def etch(capsys: pytest.CaptureFixture[str], *argv: str, stdin: bytes | None = None) -> Run:
     """Run ``etch`` in process; return status and output."""
-    capsys.readouterr()
-    saved = sys.stdin
-    if stdin is not None:
-        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
-    try:
-        status = main(list(argv))
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 2
-    finally:
-        sys.stdin = saved
-    captured = capsys.readouterr()
-    return Run(status, captured.out, captured.err)
+    return run_etch(capsys, argv, stdin)
 
 
 @dataclass

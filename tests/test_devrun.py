@@ -11,7 +11,6 @@ the origin (left by a data directory since removed), which the ``etch`` commands
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import signal
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import main
 from client.logclient import StateStore, TrustedState
 from merkle.checkpoint import Checkpoint, format_checkpoint, open_checkpoint
 from merkle.hashing import EMPTY_ROOT
@@ -33,6 +31,7 @@ from server.config import DEFAULT_ORIGIN
 from server.devrun import main as devrun_main
 from server.devrun import trust_conflict
 from server.keys import load_or_create_log_key
+from tests.cli_helpers import run_etch
 from tests.server_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,22 +106,6 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def etch(*argv: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    """Run ``etch`` in process; return the exit status, standard output and error."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.stdout, sys.stderr, sys.stdin
-    sys.stdout, sys.stderr = out, err
-    if stdin is not None:
-        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
-    try:
-        status = main(list(argv))
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 2
-    finally:
-        sys.stdout, sys.stderr, sys.stdin = saved
-    return status, out.getvalue(), err.getvalue()
-
-
 def _free_ports() -> list[int]:
     chosen: list[int] = []
     while len(chosen) < 4:
@@ -159,7 +142,13 @@ def test_the_banner_says_where_to_look(devrun: DevRun, ports: list[int]) -> None
     assert "Note:" not in text  # nothing stands in the way of a fresh state directory
 
 
-def test_the_readme_commands_work(devrun: DevRun, tmp_path: Path) -> None:
+def test_the_readme_commands_work(
+    devrun: DevRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def etch(*argv: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+        run = run_etch(capsys, argv, stdin)
+        return run.status, run.out, run.err
+
     data, state = devrun.data, str(tmp_path / "state")
     policy = str(data / "policy.txt")
     common = ["--log", devrun.url, "--policy", policy, "--state-dir", state]
