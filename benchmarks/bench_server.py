@@ -27,7 +27,9 @@ Phases (per backend; PostgreSQL is a throwaway server started as in the tests, `
 ``submit``
     single events, ``POST /v1/events``, 64 concurrent clients each waiting for its receipt, every
     receipt verified; against ``POST /post`` of the baseline. Once per batch period
-    (``--periods``): the log restarts with each period.
+    (``--periods``): the log restarts with each period. Each repeat measures the log twice:
+    with the receipts verified once the run is over (``benchmarks.load --verify-after``, the
+    section's figures) and verified between requests (under ``inline``).
 ``batch``
     ``POST /v1/events/batch`` of 1,000 events, 4 requests in flight, for ``--batch-seconds``
     (default 60) without verification, then a shorter run that verifies every receipt.
@@ -370,9 +372,14 @@ class Bench:
         duration: float,
         concurrency: int = 64,
         verify: bool = False,
+        verify_after: bool = False,
         extra_args: Sequence[str] = (),
     ) -> Measurement:
-        """Run :mod:`benchmarks.load` once against ``served`` and record the figures."""
+        """Run :mod:`benchmarks.load` once against ``served`` and record the figures.
+
+        ``verify_after`` (with ``verify``) has the load tool check the answers once the run is
+        over rather than between requests (``--verify-after``).
+        """
         command = [
             PYTHON,
             "-m",
@@ -393,6 +400,8 @@ class Bench:
         if verify:
             assert served.vkey is not None
             command += ["--verify", "--vkey", served.vkey]
+            if verify_after:
+                command.append("--verify-after")
         before = noise()
         cpu0 = children_cpu(served.pid)  # with its workers, when it has some
         db0 = children_cpu(self.pg_parent) if self.pg_parent else None
@@ -679,6 +688,11 @@ class Backend:
 def phase_submit(bench: Bench, backend: Backend, baseline: Served) -> None:
     """Single-event submissions against the baseline POST, once per batch period.
 
+    Each repeat runs the baseline, then the log twice: with every answer verified after the
+    run (``--verify-after``: in the window the client costs what it costs against the
+    baseline, an HTTP exchange, as a client on another machine would), whose figures are the
+    section's, then with every answer verified between requests, whose figures go under
+    ``inline`` (that client's verification shares the machine's cores with the log).
     With ``--compare-tree`` the same log from the other tree joins the rotation (baseline, log,
     other log, per repeat); its figures go to the section ``submit-compare/<backend>``.
     """
@@ -702,30 +716,42 @@ def phase_submit(bench: Bench, backend: Backend, baseline: Served) -> None:
             print(f"submit, {backend.name}, batch period {period} ms", flush=True)
             label = f"submit {backend.name} {period}ms"
             runs: list[tuple[Measurement, Measurement]] = []
+            inline_runs: list[tuple[Measurement, Measurement]] = []
             other_runs: list[tuple[Measurement, Measurement]] = []
             for _ in range(bench.args.repeats):
                 base = bench.load(
                     f"{label} baseline post", baseline, "post", duration=bench.args.duration
                 )
                 mine = bench.load(
-                    f"{label} etch submit",
+                    f"{label} etch submit, verified after",
+                    etch,
+                    "submit",
+                    duration=bench.args.duration,
+                    verify=True,
+                    verify_after=True,
+                )
+                runs.append((base, mine))
+                inline = bench.load(
+                    f"{label} etch submit, verified inline",
                     etch,
                     "submit",
                     duration=bench.args.duration,
                     verify=True,
                 )
-                runs.append((base, mine))
+                inline_runs.append((base, inline))
                 if other is not None:
                     theirs = bench.load(
-                        f"{label} compare-tree submit",
+                        f"{label} compare-tree submit, verified after",
                         other,
                         "submit",
                         duration=bench.args.duration,
                         verify=True,
+                        verify_after=True,
                     )
                     other_runs.append((base, theirs))
             curve[str(period)] = _summary(runs)
             curve[str(period)]["p99_target_ms"] = period + 250
+            curve[str(period)]["inline"] = _summary(inline_runs)
             if other_runs:
                 compared[str(period)] = _summary(other_runs)
                 compared[str(period)]["p99_target_ms"] = period + 250
@@ -1107,6 +1133,16 @@ def _ok(passed: bool) -> str:
     return "yes" if passed else "**no**"
 
 
+def _inline(x: dict[str, Any] | None) -> str:
+    """Return the submission figures with receipts verified inline (empty in older results)."""
+    if not x:
+        return ""
+    return (
+        f"{_fmt(x['etch_rps'])}, {x['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in x['ratios'])});"
+        f" {x['verified']:,} verified, {x['verification_failures']} bad"
+    )
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """Return the Markdown tables of a results file written with ``--json``."""
     sections: dict[str, Any] = results["sections"]
@@ -1129,8 +1165,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         out += [
             "| backend | period ms | baseline req/s | Etch req/s | ratio (runs) | target 0.50 |"
             " CPU ms/req base / Etch (+db) | Etch p50 / p99 / max ms | p99 target | receipts"
-            " verified |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            " verified | verified inline: Etch req/s, ratio (runs) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for backend, curve in submit.items():
             for period, x in curve.items():
@@ -1142,7 +1178,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f" | {x['baseline_cpu_ms']:.3f} / {x['etch_cpu_ms']:.3f}{db}"
                     f" | {x['etch_p50_ms']:.0f} / {x['etch_p99_ms']:.0f} / {x['etch_max_ms']:.0f}"
                     f" | {x['p99_target_ms']} {_ok(x['etch_p99_ms'] <= x['p99_target_ms'])}"
-                    f" | {x['verified']:,}, {x['verification_failures']} bad |"
+                    f" | {x['verified']:,}, {x['verification_failures']} bad"
+                    f" | {_inline(x.get('inline'))} |"
                 )
         out.append("")
     cluster = sections.get("cluster/postgres")

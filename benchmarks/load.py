@@ -5,7 +5,8 @@ Run from the project root::
     .venv/bin/python -m benchmarks.load --url http://127.0.0.1:8080
         --mode submit|batch|proof|tile|mixed|post|get --concurrency 64 --duration 30
         [--rate R] [--warmup 3] [--processes 1] [--batch-events 1000] [--event-bytes 300]
-        [--mix submit=1,proof=6,tile=3] [--verify [--vkey VKEY | --data-dir DIR]] [--json]
+        [--mix submit=1,proof=6,tile=3] [--verify [--vkey VKEY | --data-dir DIR]
+        [--verify-after]] [--json]
 
 Modes (each request is one HTTP/1.1 exchange on a keep-alive connection; ``--concurrency``
 requests are in flight at once, split over ``--processes``; the client is the lean one of
@@ -45,6 +46,13 @@ file of ``--data-dir``):
 
 Every answer is verified, those of the warm-up included, so the ``verified`` count exceeds the
 number of requests in the measured window.
+
+``--verify-after`` keeps the answers of submissions and proofs (their bytes, with the event
+sent) and runs the same checks on them once the run is over, instead of between requests: a
+client on this machine then takes no more CPU per request in the window than the baseline
+modes do (an HTTP exchange), which is what a remote client costs the log. The report gives the
+CPU of the verification after the run on its own; the exit status still fails the run on any
+answer that does not verify. Tile answers are verified inline either way.
 
 The report gives, per request kind: completed requests, requests (and events) per second,
 latency percentiles p50/p90/p99/max, failures by HTTP status or exception, verification
@@ -146,6 +154,7 @@ class LoadConfig:
     event_bytes: int = 300
     mix: tuple[tuple[str, int], ...] = DEFAULT_MIX
     verify: bool = False
+    verify_after: bool = False
     vkey: str | None = None
     path: str | None = None
     timeout: float = 120.0
@@ -164,6 +173,8 @@ class LoadConfig:
             raise ValueError("batch events must be between 1 and 100000")
         if not 0 <= self.event_bytes <= 60_000:
             raise ValueError("event bytes must be between 0 and 60000")
+        if self.verify_after and not self.verify:
+            raise ValueError("--verify-after needs --verify")
         if self.verify and self.vkey is None:
             raise ValueError("--verify needs the log's vkey (--vkey or --data-dir)")
         if self.client not in ("raw", "httpx"):
@@ -236,6 +247,8 @@ class LoadReport:
     kinds: tuple[KindReport, ...]
     client_cpu_s: float
     duplicate_indexes: int
+    verify_after: bool = False
+    verify_after_cpu_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -493,6 +506,7 @@ class _ProcessResult:
     cpu: float
     indexes: bytes
     reused: int
+    verify_after_cpu: float = 0.0
 
 
 class _IndexSet:
@@ -520,6 +534,7 @@ class _Worker:
         self.run_id = secrets.token_hex(4)
         self.tallies = {kind: _Tally() for kind in config.kinds}
         self.indexes = _IndexSet()
+        self.deferred: list[tuple[_Tally, Callable[[], int | None]]] = []
         self.random = random.Random()
         self.checker: ReceiptChecker | None = None
         self.checkpoint: Checkpoint | None = None
@@ -557,6 +572,12 @@ class _Worker:
 
     # -- one request of each kind ------------------------------------------------------------
 
+    def verify_deferred(self) -> None:
+        """Run the checks ``--verify-after`` kept for after the run, and forget them."""
+        deferred, self.deferred = self.deferred, []
+        for tally, check in deferred:
+            self._verified(tally, check)
+
     def _verified(self, tally: _Tally, check: Callable[[], int | None]) -> None:
         """Run one verification, counting it; every answer is checked, in the window or not."""
         try:
@@ -578,8 +599,14 @@ class _Worker:
         )
         if response.status not in (200, 201):
             return _Outcome(failure=f"HTTP {response.status}")
-        answer = response.json()
         checker = self.checker
+        if checker is not None and self.config.verify_after:
+            body = response.body
+            self.deferred.append(
+                (tally, lambda: checker.check_receipt(entry_of(event), _answer(body)))
+            )
+            return _Outcome()
+        answer = response.json()
         if checker is not None:
             self._verified(
                 tally, lambda: checker.check_receipt(entry_of(event), answer)
@@ -614,8 +641,14 @@ class _Worker:
         )
         if response.status != 200:
             return _Outcome(failure=f"HTTP {response.status}")
-        answer = response.json()
         checker = self.checker
+        if checker is not None and self.config.verify_after:
+            body = response.body
+            self.deferred.append(
+                (tally, lambda: checker.check_proof(index, checkpoint, _answer(body)))
+            )
+            return _Outcome()
+        answer = response.json()
         if checker is not None:
             self._verified(tally, lambda: checker.check_proof(index, checkpoint, answer))
         return _Outcome()
@@ -730,11 +763,31 @@ def _run_process(
     """Run one client process's share of the load and return its raw results."""
     rate = None if config.rate is None else config.rate / config.processes
     worker = _Worker(config, prepared, process)
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    before = _cpu_seconds()
     asyncio.run(worker.run(concurrency, rate, start_at))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return _ProcessResult(worker.tallies, cpu, bytes(worker.indexes.bits), worker.indexes.reused)
+    ran = _cpu_seconds()
+    worker.verify_deferred()
+    after = _cpu_seconds()
+    return _ProcessResult(
+        worker.tallies, ran - before, bytes(worker.indexes.bits), worker.indexes.reused, after - ran
+    )
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time so far (user and system), in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _answer(body: bytes) -> Mapping[str, Any]:
+    """Return a kept answer's JSON object. Raises VerificationError when it is not one."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        raise VerificationError("the answer is not JSON") from None
+    if not isinstance(answer, dict):
+        raise VerificationError("the answer is not a JSON object")
+    return answer
 
 
 # -- preparation -----------------------------------------------------------------------------
@@ -828,6 +881,8 @@ def _merge(
         kinds=tuple(kinds),
         client_cpu_s=sum(r.cpu for r in results),
         duplicate_indexes=reused,
+        verify_after=config.verify_after,
+        verify_after_cpu_s=sum(r.verify_after_cpu for r in results),
     )
 
 
@@ -882,7 +937,7 @@ def format_table(report: LoadReport) -> str:
     lines = [
         f"{report.mode} against {report.url}: concurrency {report.concurrency} in "
         f"{report.processes} process(es), {rate}, {report.window_s:g} s measured, "
-        f"verify {'on' if report.verify else 'off'}"
+        f"verify {'after the run' if report.verify_after else 'on' if report.verify else 'off'}"
         + (f", tree size {report.tree_size}" if report.tree_size is not None else ""),
         f"{'kind':<8}{'requests':>10}{'req/s':>10}{'events/s':>11}{'p50 ms':>9}{'p90 ms':>9}"
         f"{'p99 ms':>9}{'max ms':>9}{'verified':>10}{'bad':>6}",
@@ -902,6 +957,8 @@ def format_table(report: LoadReport) -> str:
         f"client CPU {report.client_cpu_s:.1f} s ({report.client_cpu_share:.0%} of one core,"
         f" warm-up included); indexes handed out twice: {report.duplicate_indexes}"
     )
+    if report.verify_after:
+        lines.append(f"client CPU verifying after the run: {report.verify_after_cpu_s:.1f} s")
     return "\n".join(lines)
 
 
@@ -947,6 +1004,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--path", help="route of the post/get modes (baseline app)")
     parser.add_argument("--verify", action="store_true", help="verify every answer")
+    parser.add_argument(
+        "--verify-after",
+        action="store_true",
+        help="with --verify: check submission and proof answers after the run, not during it",
+    )
     parser.add_argument("--vkey", help="the log's verifier key")
     parser.add_argument("--data-dir", type=Path, help="read the vkey from DIR/log.vkey")
     parser.add_argument("--timeout", type=float, default=120.0, help="per-request timeout, s")
@@ -980,6 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             event_bytes=args.event_bytes,
             mix=args.mix,
             verify=args.verify,
+            verify_after=args.verify_after,
             vkey=vkey,
             path=args.path,
             timeout=args.timeout,

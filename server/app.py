@@ -83,11 +83,11 @@ __all__ = [
     "EventPreparer",
     "Intake",
     "PreparerIntake",
+    "RawMapPreparer",
     "ReadGuard",
     "ResultWriter",
     "create_app",
     "inclusion_answer",
-    "raw_map_preparer",
     "read_body",
     "result_body",
     "unavailable_problem",
@@ -199,7 +199,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
     Raises Problem(payload-too-large) when the declared or actual length exceeds the limit.
     """
-    declared = request.headers.get("content-length")
+    declared = _header(request, b"content-length")
     if declared is not None:
         if not declared.isascii() or not declared.isdigit():
             raise Problem("bad-parameter", "Content-Length is not a decimal number")
@@ -215,8 +215,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _header(request: Request, name: bytes) -> str | None:
+    """Return the first value of header ``name`` (lower case), or ``None``.
+
+    ``request.headers.get`` without building Starlette's ``Headers`` view: ASGI gives header
+    names in lower case, and this runs twice per submission.
+    """
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def _media_type(request: Request) -> str:
-    raw = request.headers.get("content-type", "")
+    raw = _header(request, b"content-type") or ""
     media = raw.split(";", 1)[0].strip().lower()
     if media not in (JSON_TYPE, CBOR_TYPE):
         raise Problem(
@@ -381,12 +393,18 @@ def _receipt_text(index: int, proof: list[str], checkpoint: str) -> str:
     return f"{RECEIPT_HEADER}\nindex {index}\n{lines}\n{checkpoint}"
 
 
-async def raw_map_preparer(request: Request, event: dict[str, Value]) -> Submission:
-    """Log a bounded map as its deterministic CBOR encoding (the engine's default)."""
-    service: LogService = request.app.state.log
-    limits: Limits = request.app.state.limits
-    data = encode_entry(event, limits)
-    return Submission(data, leaf_hash(data), log_time=service.sequencer.clock.now_ms())
+class RawMapPreparer:
+    """The engine's default :data:`EventPreparer`: a bounded map logged as its deterministic
+    CBOR encoding, stamped with the sequencer's clock."""
+
+    def __init__(self, service: LogService, limits: Limits) -> None:
+        self._clock = service.sequencer.clock
+        self._limits = limits
+
+    async def __call__(self, request: Request, event: dict[str, Value]) -> Submission:
+        """Return the submission of ``event``. Raises CodecError for an event over the limits."""
+        data = encode_entry(event, self._limits)
+        return Submission(data, leaf_hash(data), log_time=self._clock.now_ms())
 
 
 TileKey = tuple[int, int]
@@ -1055,7 +1073,7 @@ def create_app(
     handlers = _Handlers(
         service,
         limits,
-        intake or PreparerIntake(prepare or raw_map_preparer),
+        intake or PreparerIntake(prepare or RawMapPreparer(service, limits)),
         read_guard,
         openapi or openapi_document,
     )

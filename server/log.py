@@ -217,14 +217,18 @@ class LogService:
         self._committed_size = size
         self.metrics.tree_size.set(size)
         if not self.witnessed:
-            self._set_published(note)
+            # The sequencer signed this note with the log's key a moment ago: parsing it is
+            # enough (notes handed to publish() from elsewhere are verified).
+            self._set_published(note, parse_checkpoint(parse_note(note).text))
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _set_published(self, note: bytes) -> None:
+    def _set_published(self, note: bytes, checkpoint: Checkpoint | None = None) -> None:
+        """Publish ``note``; ``checkpoint`` is its body when already known (else verified)."""
         if self._final is not None:
             return  # a frozen log serves its final checkpoint only
-        checkpoint, _, _ = open_checkpoint(note, self._verifier)
+        if checkpoint is None:
+            checkpoint, _, _ = open_checkpoint(note, self._verifier)
         current = self._published
         if current is not None and checkpoint.tree_size < current.checkpoint.tree_size:
             return

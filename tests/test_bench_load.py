@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.http11 import Http11Client, HttpError
+from benchmarks.http11 import Answer, Http11Client, HttpError
 from benchmarks.load import (
+    LoadConfig,
+    Prepared,
     ReceiptChecker,
     TileChecker,
     VerificationError,
     _IndexSet,
     _reused_indexes,
+    _Worker,
     percentile,
     upper_tiles_for_size,
 )
@@ -169,6 +173,96 @@ async def test_proofs_and_tiles_of_the_log_verify_and_tampering_is_caught(
     wrong_root = Checkpoint(checkpoint.origin, 700, bytes(32))
     with pytest.raises(VerificationError, match="checkpoint's root"):
         TileChecker(wrong_root, tiles)
+
+
+class _Through:
+    """The load tool's HTTP client, answered by the in-process log; answer ``spoil_at`` (1-based)
+    is replaced by ``spoil(body)``."""
+
+    def __init__(
+        self, log: InProcessLog, spoil_at: int = 0, spoil: Callable[[bytes], bytes] = bytes
+    ) -> None:
+        self.log = log
+        self.spoil_at = spoil_at
+        self.spoil = spoil
+        self.count = 0
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None
+    ) -> Answer:
+        headers = {"content-type": content_type} if content_type else {}
+        response = await self.log.client.request(method, path, content=body, headers=headers)
+        self.count += 1
+        content = response.content
+        if self.count == self.spoil_at:
+            content = self.spoil(content)
+        return Answer(response.status_code, dict(response.headers), content)
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+def _flip_answer_proof(body: bytes) -> bytes:
+    answer = json.loads(body)
+    key = "inclusion_proof" if "inclusion_proof" in answer else "proof"
+    answer[key][0] = _flip_b64(answer[key][0])
+    if key == "inclusion_proof":
+        _flip_receipt_proof(answer)
+    return json.dumps(answer).encode()
+
+
+@pytest.mark.parametrize(
+    ("spoil_at", "spoil", "failure"),
+    [
+        (0, bytes, None),
+        (3, _flip_answer_proof, "inclusion proof fails"),
+        (2, lambda body: body[:-1], "not JSON"),
+        (4, lambda body: b"[1]", "not a JSON object"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["submit", "proof"])
+async def test_verify_after_checks_every_kept_answer_once_the_run_is_over(
+    log: InProcessLog,
+    kind: str,
+    spoil_at: int,
+    spoil: Callable[[bytes], bytes],
+    failure: str | None,
+) -> None:
+    await log.fill(300)
+    note, _ = await log.checkpoint()
+    config = LoadConfig(
+        url="http://log.invalid",
+        mode=kind,
+        concurrency=1,
+        duration=1,
+        verify=True,
+        verify_after=True,
+        vkey=log.vkey,
+    )
+    worker = _Worker(config, Prepared(checkpoint_note=note), 0)
+    client = _Through(log, spoil_at, spoil)
+    for _ in range(5):
+        outcome = await worker._one(client, 0, kind)
+        assert outcome.failure is None
+    tally = worker.tallies[kind]
+    assert (tally.verified, tally.verification_failures, len(worker.deferred)) == (0, 0, 5)
+
+    worker.verify_deferred()
+
+    assert worker.deferred == []
+    bad = 0 if failure is None else 1
+    assert (tally.verified, tally.verification_failures) == (5 - bad, bad)
+    if failure is None:
+        assert tally.first_verification_failure is None
+    else:
+        assert failure in (tally.first_verification_failure or "")
+    if kind == "submit":  # the index of every receipt that verified is recorded
+        assert int.from_bytes(worker.indexes.bits, "little").bit_count() == 5 - bad
+
+
+def test_verify_after_needs_verify() -> None:
+    with pytest.raises(ValueError, match="--verify-after needs --verify"):
+        LoadConfig(url="http://x", mode="submit", concurrency=1, duration=1, verify_after=True)
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -108,7 +108,7 @@ SMOKE: dict[str, tuple[list[str], list[str]]] = {
             "--read-size",
             "2000",
         ],
-        [r'"etch_rps": [\d.]+', r'"verification_failures": 0'],
+        [r'"etch_rps": [\d.]+', r'"inline": \{', r'"verification_failures": 0'],
     ),
 }
 """Benchmark -> (toy arguments, patterns its report must contain)."""
