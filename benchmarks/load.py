@@ -110,6 +110,7 @@ __all__ = [
     "TileChecker",
     "VerificationError",
     "format_table",
+    "json_object",
     "main",
     "percentile",
     "prepare",
@@ -603,7 +604,7 @@ class _Worker:
         if checker is not None and self.config.verify_after:
             body = response.body
             self.deferred.append(
-                (tally, lambda: checker.check_receipt(entry_of(event), _answer(body)))
+                (tally, lambda: checker.check_receipt(entry_of(event), json_object(body)))
             )
             return _Outcome()
         answer = response.json()
@@ -645,7 +646,7 @@ class _Worker:
         if checker is not None and self.config.verify_after:
             body = response.body
             self.deferred.append(
-                (tally, lambda: checker.check_proof(index, checkpoint, _answer(body)))
+                (tally, lambda: checker.check_proof(index, checkpoint, json_object(body)))
             )
             return _Outcome()
         answer = response.json()
@@ -779,8 +780,8 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _answer(body: bytes) -> Mapping[str, Any]:
-    """Return a kept answer's JSON object. Raises VerificationError when it is not one."""
+def json_object(body: bytes) -> dict[str, Any]:
+    """Return the JSON object an answer's body holds. Raises VerificationError otherwise."""
     try:
         answer = json.loads(body)
     except ValueError:

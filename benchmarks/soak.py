@@ -82,7 +82,7 @@ from typing import Any, Final
 import httpx
 
 from benchmarks.http11 import Http11Client, HttpError
-from benchmarks.load import ReceiptChecker, VerificationError, percentile
+from benchmarks.load import ReceiptChecker, VerificationError, json_object, percentile
 from client.cbor import encode_deterministic
 from merkle.checkpoint import Checkpoint
 from merkle.errors import MerkleError
@@ -731,13 +731,7 @@ class _Runner:
         body = await self._get(kind, path)
         if body is None:
             return None
-        try:
-            value = json.loads(body)
-        except ValueError:
-            raise VerificationError("the answer is not JSON") from None
-        if not isinstance(value, dict):
-            raise VerificationError("the answer is not a JSON object")
-        return value
+        return json_object(body)
 
     async def read(self, kind: str) -> bool:
         """Send one read of ``kind`` and verify the answer; return whether it succeeded."""
