@@ -535,7 +535,11 @@ class _Worker:
         self.run_id = secrets.token_hex(4)
         self.tallies = {kind: _Tally() for kind in config.kinds}
         self.indexes = _IndexSet()
-        self.deferred: list[tuple[_Tally, Callable[[], int | None]]] = []
+        # Answers kept by --verify-after: (what was asked, the answer's body). Events travel as
+        # the JSON bytes sent and indexes as ints, so the lists hold no object the cyclic
+        # garbage collector has to walk while the run goes.
+        self.kept_receipts: list[tuple[bytes, bytes]] = []
+        self.kept_proofs: list[tuple[int, bytes]] = []
         self.random = random.Random()
         self.checker: ReceiptChecker | None = None
         self.checkpoint: Checkpoint | None = None
@@ -573,11 +577,29 @@ class _Worker:
 
     # -- one request of each kind ------------------------------------------------------------
 
-    def verify_deferred(self) -> None:
-        """Run the checks ``--verify-after`` kept for after the run, and forget them."""
-        deferred, self.deferred = self.deferred, []
-        for tally, check in deferred:
-            self._verified(tally, check)
+    @property
+    def kept(self) -> int:
+        """How many answers ``--verify-after`` keeps for after the run."""
+        return len(self.kept_receipts) + len(self.kept_proofs)
+
+    def verify_kept(self) -> None:
+        """Verify the answers ``--verify-after`` kept, counting each, and forget them."""
+        checker = self.checker
+        receipts, self.kept_receipts = self.kept_receipts, []
+        proofs, self.kept_proofs = self.kept_proofs, []
+        if checker is None:
+            return
+        for sent, body in receipts:
+            self._verified(
+                self.tallies["submit"], functools.partial(_check_kept, checker, sent, body)
+            )
+        checkpoint = self.checkpoint
+        for index, body in proofs:
+            assert checkpoint is not None
+            self._verified(
+                self.tallies["proof"],
+                functools.partial(_check_kept_proof, checker, index, checkpoint, body),
+            )
 
     def _verified(self, tally: _Tally, check: Callable[[], int | None]) -> None:
         """Run one verification, counting it; every answer is checked, in the window or not."""
@@ -595,17 +617,13 @@ class _Worker:
     async def _submit(self, client: HttpClient, worker: int, tally: _Tally) -> _Outcome:
         event = self._event(worker)
         path = (self.config.path or "/post") if self.config.mode == "post" else "/v1/events"
-        response = await client.request(
-            "POST", path, json.dumps(event, separators=(",", ":")).encode("utf-8"), JSON_TYPE
-        )
+        sent = json.dumps(event, separators=(",", ":")).encode("utf-8")
+        response = await client.request("POST", path, sent, JSON_TYPE)
         if response.status not in (200, 201):
             return _Outcome(failure=f"HTTP {response.status}")
         checker = self.checker
         if checker is not None and self.config.verify_after:
-            body = response.body
-            self.deferred.append(
-                (tally, lambda: checker.check_receipt(entry_of(event), json_object(body)))
-            )
+            self.kept_receipts.append((sent, response.body))
             return _Outcome()
         answer = response.json()
         if checker is not None:
@@ -644,10 +662,7 @@ class _Worker:
             return _Outcome(failure=f"HTTP {response.status}")
         checker = self.checker
         if checker is not None and self.config.verify_after:
-            body = response.body
-            self.deferred.append(
-                (tally, lambda: checker.check_proof(index, checkpoint, json_object(body)))
-            )
+            self.kept_proofs.append((index, response.body))
             return _Outcome()
         answer = response.json()
         if checker is not None:
@@ -767,7 +782,7 @@ def _run_process(
     before = _cpu_seconds()
     asyncio.run(worker.run(concurrency, rate, start_at))
     ran = _cpu_seconds()
-    worker.verify_deferred()
+    worker.verify_kept()
     after = _cpu_seconds()
     return _ProcessResult(
         worker.tallies, ran - before, bytes(worker.indexes.bits), worker.indexes.reused, after - ran
@@ -778,6 +793,18 @@ def _cpu_seconds() -> float:
     """This process's CPU time so far (user and system), in seconds."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _check_kept(checker: ReceiptChecker, sent: bytes, body: bytes) -> int:
+    """Verify a kept submission answer ``body`` for the JSON event ``sent``; return its index."""
+    return checker.check_receipt(entry_of(json.loads(sent)), json_object(body))
+
+
+def _check_kept_proof(
+    checker: ReceiptChecker, index: int, checkpoint: Checkpoint, body: bytes
+) -> None:
+    """Verify a kept proof answer ``body`` for ``index`` against ``checkpoint``."""
+    checker.check_proof(index, checkpoint, json_object(body))
 
 
 def json_object(body: bytes) -> dict[str, Any]:

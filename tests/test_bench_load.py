@@ -245,11 +245,11 @@ async def test_verify_after_checks_every_kept_answer_once_the_run_is_over(
         outcome = await worker._one(client, 0, kind)
         assert outcome.failure is None
     tally = worker.tallies[kind]
-    assert (tally.verified, tally.verification_failures, len(worker.deferred)) == (0, 0, 5)
+    assert (tally.verified, tally.verification_failures, worker.kept) == (0, 0, 5)
 
-    worker.verify_deferred()
+    worker.verify_kept()
 
-    assert worker.deferred == []
+    assert worker.kept == 0
     bad = 0 if failure is None else 1
     assert (tally.verified, tally.verification_failures) == (5 - bad, bad)
     if failure is None:
