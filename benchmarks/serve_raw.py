@@ -6,7 +6,8 @@ Run from the project root::
         [--database-url postgresql://...] [--batch-size N] [--batch-period-ms MS]
 
 It takes exactly the flags, ``ETCH_*`` variables and TOML file of ``python -m server``
-(:func:`server.config.load_settings`), builds the :class:`server.log.LogService` the same way,
+(:func:`server.config.load_settings`), builds the :class:`server.log.LogService` the same way
+(with the high-water mark file of the data directory, flushed after every commit),
 serves ``server.app.create_app(service)`` with the engine's default intake (any bounded JSON or
 CBOR map is logged as its deterministic CBOR encoding, no submitter authentication) and runs
 uvicorn with the same options and garbage-collector settings (:func:`server.runtime.tune_gc`)
@@ -32,6 +33,7 @@ import uvicorn
 
 from server.app import create_app
 from server.config import ConfigError, Settings, load_settings
+from server.highwater import HighWaterMark
 from server.keys import KeyFileError, load_or_create_log_key
 from server.log import LogService
 from server.runtime import tune_gc
@@ -54,6 +56,7 @@ def build_raw_service(settings: Settings) -> LogService:
         settings.origin,
         batch_size=settings.batch_size,
         batch_period=settings.batch_period_ms / 1000,
+        high_water=HighWaterMark.in_data_dir(settings.data_dir),
     )
 
 

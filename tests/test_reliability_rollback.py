@@ -23,12 +23,14 @@ import asyncpg
 import httpx
 import pytest
 
+from benchmarks.serve_raw import build_raw_service
 from merkle.checkpoint import Checkpoint, format_checkpoint, open_checkpoint
 from merkle.cosignature import CosignatureSigner
 from merkle.hashing import leaf_hash
 from merkle.note import Ed25519Signer, generate_key, sign_note
 from merkle.policy import parse_policy
 from server.app import create_app
+from server.config import load_settings
 from server.highwater import HIGH_WATER_FILE_NAME, SLOT_SIZE, HighWaterMark
 from server.keys import load_or_create_log_key
 from server.log import LogService
@@ -312,3 +314,19 @@ async def test_unreadable_mark_refuses(tmp_path: Path) -> None:
     with pytest.raises(IntegrityFailure, match="cannot read the high-water mark"):
         await service.start()
     await service.stop()
+
+
+async def test_the_benchmark_server_keeps_the_mark_as_etch_serve_does(tmp_path: Path) -> None:
+    """``benchmarks.serve_raw`` measures the engine ``etch serve`` runs, mark flush included."""
+    settings = load_settings(["--data-dir", str(tmp_path), "--batch-period-ms", "1"], {})
+    service = build_raw_service(settings)
+    await service.start()
+    try:
+        data = b"benchmark entry"
+        await service.submit([Submission(data, leaf_hash(data))])
+        latest = service.latest
+    finally:
+        await service.stop()
+    assert latest is not None
+    assert latest[1] == 1
+    assert HighWaterMark(tmp_path / HIGH_WATER_FILE_NAME).read() == latest[0]
