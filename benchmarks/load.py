@@ -577,30 +577,6 @@ class _Worker:
 
     # -- one request of each kind ------------------------------------------------------------
 
-    @property
-    def kept(self) -> int:
-        """How many answers ``--verify-after`` keeps for after the run."""
-        return len(self.kept_receipts) + len(self.kept_proofs)
-
-    def verify_kept(self) -> None:
-        """Verify the answers ``--verify-after`` kept, counting each, and forget them."""
-        checker = self.checker
-        receipts, self.kept_receipts = self.kept_receipts, []
-        proofs, self.kept_proofs = self.kept_proofs, []
-        if checker is None:
-            return
-        for sent, body in receipts:
-            self._verified(
-                self.tallies["submit"], functools.partial(_check_kept, checker, sent, body)
-            )
-        checkpoint = self.checkpoint
-        for index, body in proofs:
-            assert checkpoint is not None
-            self._verified(
-                self.tallies["proof"],
-                functools.partial(_check_kept_proof, checker, index, checkpoint, body),
-            )
-
     def _verified(self, tally: _Tally, check: Callable[[], int | None]) -> None:
         """Run one verification, counting it; every answer is checked, in the window or not."""
         try:
@@ -707,6 +683,34 @@ class _Worker:
             return _Outcome(failure=f"transport: {str(exc).partition(':')[0]}")
         except ValueError:  # an answer that is not JSON
             return _Outcome(failure="answer is not JSON")
+
+    # -- answers kept by --verify-after ------------------------------------------------------
+
+    @property
+    def kept(self) -> int:
+        """How many answers ``--verify-after`` keeps for after the run."""
+        return len(self.kept_receipts) + len(self.kept_proofs)
+
+    def verify_kept(self) -> None:
+        """Verify the answers ``--verify-after`` kept, counting each, and forget them."""
+        checker = self.checker
+        receipts, self.kept_receipts = self.kept_receipts, []
+        proofs, self.kept_proofs = self.kept_proofs, []
+        if checker is None:
+            return
+        for sent, body in receipts:
+            self._verified(
+                self.tallies["submit"], functools.partial(_check_kept, checker, sent, body)
+            )
+        if not proofs:
+            return
+        checkpoint = self.checkpoint
+        assert checkpoint is not None  # proofs are only asked against it
+        for index, body in proofs:
+            self._verified(
+                self.tallies["proof"],
+                functools.partial(_check_kept_proof, checker, index, checkpoint, body),
+            )
 
     # -- scheduling ----------------------------------------------------------------------------
 

@@ -221,9 +221,10 @@ def _header(request: Request, name: bytes) -> str | None:
     ``request.headers.get`` without building Starlette's ``Headers`` view: ASGI gives header
     names in lower case, and this runs twice per submission.
     """
-    for key, value in request.scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for key, value in headers:
         if key == name:
-            return str(value.decode("latin-1"))
+            return value.decode("latin-1")
     return None
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from merkle.checkpoint import Checkpoint
+from merkle.checkpoint import Checkpoint, format_checkpoint
+from merkle.errors import MerkleError
 from merkle.hashing import leaf_hash
+from merkle.note import Ed25519Signer, sign_note
 from merkle.tree import verify_inclusion
 from server import treeview
 from server.log import LogService
@@ -138,6 +140,22 @@ async def test_rounds_of_every_shape_answer_proofs_that_verify(url: str) -> None
                 check_sequenced(result, data, log)
             entries += datas
         await check_tree(log, entries)
+
+
+async def test_own_commits_are_published_and_notes_from_elsewhere_are_verified(url: str) -> None:
+    """A commit's checkpoint is published as the sequencer signed it (parsed, not verified
+    again); a note handed to ``publish`` must carry the log key's signature."""
+    async with open_log(url, batch_period=0.001) as log:
+        (result,) = await log.service.submit([sub(b"published entry")])
+        published = log.service.published
+        assert published is not None
+        assert published.note == result.checkpoint
+        assert published.checkpoint.tree_size == result.tree_size
+        text = format_checkpoint(Checkpoint(log.service.origin, 5, bytes(32)))
+        forged = sign_note(text, [Ed25519Signer.generate(log.service.origin)])
+        with pytest.raises(MerkleError):
+            log.service.publish(forged)
+        assert log.service.published == published
 
 
 async def test_the_reader_serves_edge_proofs_from_the_sequencers_expansions(
